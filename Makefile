@@ -1,0 +1,34 @@
+# The two set-up commands: `make demo` and `make test`. Both install into .venv first.
+PY     ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-fast bench lock clean
+
+install: $(VENV)/.installed
+
+# The working set is pinned in constraints.txt (pyproject.toml keeps loose ranges for users).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/sweeper launch sweeps/demo.yaml --fresh
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/overhead.py
+
+lock: install
+	(echo "# The working set used by 'make' (pip install -c constraints.txt). Regenerate: make lock"; \
+	 $(BIN)/python -m pip freeze --exclude-editable | grep -v '^sweeper') > constraints.txt
+
+clean:
+	rm -rf runs mlruns.db mlartifacts data/demo-shapes .pytest_cache

@@ -1,0 +1,521 @@
+"""Sweep files: schema, loading, `include:`, `--set` overrides, path resolution, validation.
+
+A sweep file is validated once, here, before anything heavy starts; every mistake becomes a
+`SweepConfigError` naming the file and the dotted field::
+
+    sweep = load_sweep("sweeps/demo.yaml", overrides=["train.epochs=4", "budget.num_samples=6"])
+    sweep.name, sweep.dimensions, trial_config(sweep, {"train.lr": 0.01})
+
+Rules worth knowing:
+- Unknown keys are rejected with a "did you mean"; unset optional values stay `None`.
+- `include:` paths are relative to the including file; every other path (data, weights,
+  storage, a sqlite tracking store) is relative to the directory you launch from, and is made
+  absolute here because Ray trials run in other directories and on other nodes.
+- `--set KEY=VALUE` parses VALUE as YAML. KEY is a top-level dotted key (`budget.num_samples`)
+  or, as everywhere else, a key into `base` (`train.epochs`); `--set` on a searched key fixes it.
+
+This module imports no torch, Ray or MLflow so that `--help`, `validate` and `--dry-run` are fast.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sweeper.spaces import Dimension, SpaceError, grid_size, grid_values, parse_search
+
+
+class SweepConfigError(ValueError):
+    """A user mistake in a sweep file, a fragment or an override; the message says what to do."""
+
+    def __init__(self, file: str | os.PathLike | None, field: str | None, message: str) -> None:
+        self.file, self.field, self.message = file, field, message
+        where = f"{file}" if file else "sweep"
+        if field:
+            where += f": {field}"
+        super().__init__(f"{where}: {message}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- task parameters
+class DetectionModel(Strict):
+    arch: Literal["faster_rcnn", "retinanet"] = Field("faster_rcnn", description="torchvision detector")
+    backbone: str = Field("resnet18", description="timm model name (features_only)")
+    pretrained: bool = Field(False, description="load backbone weights from `weights` (never downloads)")
+    weights: str | None = Field(None, description="local .pth/.safetensors backbone weights")
+    fpn_channels: int = Field(256, ge=8, description="FPN width (channels)")
+    anchor_sizes: list[int] | None = Field(None, description="px per FPN level; default 4 x stride")
+    box_batch_size_per_image: int = Field(128, ge=1, description="Faster R-CNN ROIs sampled per image")
+
+
+class DetectionTrain(Strict):
+    epochs: int = Field(12, ge=1, description="epochs per trial (ASHA's time unit)")
+    batch_size: int = Field(4, ge=1, description="images per step")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW: beta1)")
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="per-iteration LR schedule after warmup")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup length, epochs")
+    lr_steps: list[float] = Field([0.67, 0.89], description="step schedule milestones, fractions of epochs")
+    lr_gamma: float = Field(0.1, gt=0, description="step schedule factor")
+    resolution: int = Field(512, ge=32, description="longest side in px; images padded to a square")
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    seed: int = Field(0, description="seeds python, numpy, torch and the data order")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
+    amp: bool = Field(True, description="mixed precision + channels_last, on CUDA only")
+    max_train_images: int | None = Field(None, ge=1, description="use only the first N training images")
+
+
+class DetectionPost(Strict):
+    score_thresh: float = Field(0.05, ge=0, le=1, description="drop detections below this score")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="NMS IoU threshold")
+    max_dets: int = Field(100, ge=1, description="detections kept per image")
+
+
+class DetectionBase(Strict):
+    model: DetectionModel = DetectionModel()
+    train: DetectionTrain = DetectionTrain()
+    post: DetectionPost = DetectionPost()
+
+
+#: per task: the schema of `base`, the metrics it reports, the keys `eval_grid` may sweep.
+TASK_BASES: dict[str, type[Strict]] = {"detection": DetectionBase}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "detection": (
+        "map", "map50", "map75", "map_small", "map_medium", "map_large",
+        "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large",
+        "train/loss",
+    ),
+}
+TASK_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {"detection": ("ap/",)}
+TASK_EVAL_GRID_KEYS: dict[str, tuple[str, ...]] = {"detection": ("post.score_thresh", "post.max_dets")}
+
+
+# --------------------------------------------------------------------------- sweep schema
+class SynthData(Strict):
+    images: int = Field(96, ge=4, description="images to generate (train + val)")
+    size: int = Field(128, ge=32, description="image side, px")
+    seed: int = Field(0, description="generator seed")
+
+
+class DataConfig(Strict):
+    format: Literal["coco"] = Field("coco", description="annotation format")
+    train: str = Field(description="training annotation file")
+    val: str = Field(description="validation annotation file")
+    images: str = Field(description="directory the annotation file names are relative to")
+    synth: SynthData | None = Field(None, description="generate synthetic data here if missing")
+
+
+class Objective(Strict):
+    metric: str = Field(description="metric to optimise, as the task reports it")
+    mode: Literal["max", "min"] = "max"
+
+
+class SearchAlg(Strict):
+    name: Literal["optuna", "random", "grid"] = Field("optuna", description="optuna = model-based sampler")
+    sampler: Literal["tpe"] = Field("tpe", description="Optuna sampler for name: optuna")
+    seed: int | None = Field(0, description="sampler seed; null = random")
+
+
+class Scheduler(Strict):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
+    reduction_factor: float = Field(3, gt=1, description="keep 1/reduction_factor at each rung")
+    max_t: int | None = Field(None, ge=1, description="epochs; default train.epochs")
+    brackets: int = Field(1, ge=1, description="ASHA brackets")
+
+
+class Budget(Strict):
+    num_samples: int = Field(8, ge=1, description="trials to run (grid: passes over the grid)")
+    max_concurrent: int | None = Field(None, ge=1, description="trials at once; default what fits")
+    max_failures: int = Field(0, ge=0, description="retries of a failed trial, from its checkpoint")
+
+
+class Resources(Strict):
+    cpu: float = Field(1, gt=0, description="CPUs per trial (also its torch threads)")
+    gpu: float = Field(0, ge=0, description="GPUs per trial; fractions share a GPU")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_if_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("a trial may use a fraction of one GPU or whole GPUs, not e.g. 1.5")
+        return v
+
+
+class Tracking(Strict):
+    uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI")
+
+
+class SweepFile(Strict):
+    name: str = Field(description="sweep name: MLflow experiment and Ray experiment directory")
+    task: str = Field(description="registered task")
+    data: DataConfig
+    base: dict[str, Any] = Field(default_factory=dict, description="fixed trial settings")
+    include: list[str] = Field(default_factory=list, description="search-space fragments")
+    search: dict[str, Any] = Field(default_factory=dict, description="dotted key -> space")
+    eval_grid: dict[str, list[Any]] = Field(default_factory=dict, description="inference-time knobs")
+    objective: Objective
+    search_alg: SearchAlg = SearchAlg()
+    scheduler: Scheduler = Scheduler()
+    budget: Budget = Budget()
+    resources: Resources = Resources()
+    tracking: Tracking = Tracking()
+    storage: str = Field("runs", description="Ray results root (local path or URI)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (it names directories)")
+        return v
+
+
+class Sweep(BaseModel):
+    """A loaded, validated sweep: the file's content plus what was derived from it."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    file: Path
+    spec: SweepFile
+    base: dict[str, Any]  # fully defaulted task parameters (nested)
+    dimensions: list[Dimension]
+    raw: dict[str, Any]  # the merged document after includes and overrides (logged to MLflow)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def max_t(self) -> int:
+        return self.spec.scheduler.max_t or self.base["train"]["epochs"]
+
+    @property
+    def num_trials(self) -> int:
+        """Trials the sweep will run: a grid runs every point `num_samples` times."""
+        if self.spec.search_alg.name == "grid":
+            return grid_size(self.dimensions) * self.spec.budget.num_samples
+        return self.spec.budget.num_samples
+
+    @property
+    def experiment_dir(self) -> str:
+        """Where Ray keeps this sweep's state: `storage/name`."""
+        return f"{self.spec.storage.rstrip('/')}/{self.spec.name}"
+
+
+# --------------------------------------------------------------------------- helpers
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names of the (nested) pydantic model at `loc`, for "did you mean" hints."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _raise_validation(file: Path, exc: ValidationError, model: type[BaseModel], prefix: str = "") -> None:
+    err = exc.errors()[0]
+    loc = tuple(str(p) for p in err["loc"])
+    field = prefix + ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        options = _fields_at(model, loc[:-1]) or []
+        msg = f"unknown key{_suggest(loc[-1], options)}; allowed here: {', '.join(options)}"
+    elif err["type"] == "missing":
+        msg = "is required"
+    else:
+        msg = f"{err['msg']} (got {err.get('input')!r})"
+    raise SweepConfigError(file, field, msg) from None
+
+
+def _read_yaml(path: Path, field: str | None = None) -> dict[str, Any]:
+    if not path.is_file():
+        raise SweepConfigError(path, field, "file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SweepConfigError(path, None, f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict):
+        raise SweepConfigError(path, None, "must be a YAML mapping of keys to values")
+    return doc
+
+
+def _load_fragment(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
+    """A search-space fragment: `{search: {...}, include: [...]}` or a plain key -> space map."""
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise SweepConfigError(stack[-1], "include", f"circular include: {chain}")
+    doc = _read_yaml(path)
+    unknown = set(doc) - {"search", "include"} if "search" in doc else set()
+    if unknown:
+        raise SweepConfigError(path, sorted(unknown)[0], "a fragment holds only `search` and `include`")
+    search: dict[str, Any] = {}
+    for inc in doc.get("include") or []:
+        search.update(_load_fragment((path.parent / inc).resolve(), (*stack, path)))
+    search.update(doc.get("search", doc) if "search" in doc else doc)
+    return search
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"train.lr": ...}; the dotted keys used in MLflow params and `search`."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=1e-3` -> ("train.lr", 0.001); the value is typed as YAML would type it."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w/]*(\.[\w/]+)*", key):
+        raise SweepConfigError(None, "--set", f"expected KEY=VALUE with a dotted KEY, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise SweepConfigError(None, f"--set {key}", f"value is not valid YAML: {exc}") from None
+    if isinstance(parsed, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", parsed.strip()):
+        parsed = float(parsed)  # YAML 1.1 reads 1e-3 as a string; everyone means a number
+    return key, parsed
+
+
+def _apply_override(path: Path, doc: dict[str, Any], base_defaults: dict[str, Any], key: str, value: Any) -> None:
+    top = key.split(".", 1)[0]
+    if top in ("search", "eval_grid") and "." in key:
+        doc.setdefault(top, {})[key.split(".", 1)[1]] = value
+        return
+    if top in SweepFile.model_fields:
+        _set(doc, key, value)
+        return
+    # a key into `base`, written as everywhere else (train.epochs)
+    try:
+        _get(base_defaults, key)
+    except (KeyError, TypeError):
+        options = list(flatten(base_defaults)) + list(SweepFile.model_fields)
+        raise SweepConfigError(path, f"--set {key}", f"no such key{_suggest(key, options)}") from None
+    _set(doc.setdefault("base", {}), key, value)
+    doc.get("search", {}).pop(key, None)  # fixing a searched key takes it out of the search
+
+
+def _resolve_path(value: str, cwd: Path) -> str:
+    if "://" in value:
+        return value
+    return str((cwd / Path(value).expanduser()).resolve())
+
+
+def _resolve_tracking_uri(uri: str, cwd: Path) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((cwd / uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:  # a plain directory (file store)
+        return str((cwd / uri).resolve())
+    return uri
+
+
+# --------------------------------------------------------------------------- loading
+def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
+               cwd: str | os.PathLike | None = None, check_data: bool = True) -> Sweep:
+    """Load, merge, override, resolve and validate a sweep file; raise SweepConfigError."""
+    file = Path(path).expanduser().resolve()
+    cwd = Path(cwd or os.getcwd()).resolve()
+    doc = _read_yaml(file)
+
+    task = doc.get("task")
+    if task not in TASK_BASES:
+        raise SweepConfigError(file, "task", f"unknown task {task!r}{_suggest(str(task), list(TASK_BASES))}; "
+                               f"known tasks: {', '.join(TASK_BASES)}")
+    base_model = TASK_BASES[task]
+    base_defaults = base_model().model_dump()
+
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _apply_override(file, doc, base_defaults, key, value)
+
+    if not isinstance(doc.get("include", []), list):
+        raise SweepConfigError(file, "include", "must be a list of fragment files")
+    if not isinstance(doc.get("search", {}) or {}, dict):
+        raise SweepConfigError(file, "search", "must be a mapping of dotted keys to spaces")
+    search: dict[str, Any] = {}
+    for inc in doc.get("include") or []:
+        frag = (file.parent / str(inc)).resolve()
+        if not frag.is_file():
+            raise SweepConfigError(file, "include", f"fragment {inc!r} not found (looked at {frag})")
+        search.update(_load_fragment(frag, (file,)))
+    search.update(doc.get("search") or {})
+    raw_base = doc.get("base") or {}
+    for key in [k for k in search if k in flatten(raw_base)]:
+        if any(o.split("=", 1)[0].strip() == key for o in overrides or []):
+            search.pop(key)
+        else:
+            raise SweepConfigError(file, f"search.{key}", "is both fixed in `base` and searched; "
+                                   "remove it from one of them")
+    doc = {**doc, "search": search}
+
+    try:
+        spec = SweepFile.model_validate(doc)
+    except ValidationError as exc:
+        _raise_validation(file, exc, SweepFile)
+    try:
+        base = base_model.model_validate(raw_base).model_dump()
+    except ValidationError as exc:
+        _raise_validation(file, exc, base_model, prefix="base.")
+
+    dims = _check_search(file, spec, base_model, base)
+    _check_eval_grid(file, spec, base_model, base)
+    _check_objective(file, spec)
+    _check_budget(file, spec, dims, base)
+
+    # paths become absolute: trials run elsewhere
+    data = spec.data.model_dump()
+    for key in ("train", "val", "images"):
+        data[key] = _resolve_path(data[key], cwd)
+    if check_data and spec.data.synth is None:
+        for key in ("train", "val", "images"):
+            if not Path(data[key]).exists():
+                raise SweepConfigError(file, f"data.{key}", f"{data[key]} does not exist; point it at "
+                                       "your dataset (--set data.train=... data.val=... data.images=...) "
+                                       "or add `data: {synth: {}}` to generate synthetic data there")
+    if base["model"].get("weights"):
+        base["model"]["weights"] = _resolve_path(base["model"]["weights"], cwd)
+        if check_data and not Path(base["model"]["weights"]).is_file():
+            raise SweepConfigError(file, "base.model.weights", f"{base['model']['weights']} not found")
+    spec = spec.model_copy(update={
+        "data": DataConfig.model_validate(data),
+        "storage": _resolve_path(spec.storage, cwd),
+        "tracking": Tracking(uri=_resolve_tracking_uri(spec.tracking.uri, cwd)),
+    })
+    raw = copy.deepcopy(doc)
+    raw.pop("include", None)
+    return Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw)
+
+
+def _check_value(file: Path, field: str, base_model: type[BaseModel], base: dict[str, Any],
+                 key: str, value: Any) -> None:
+    trial = copy.deepcopy(base)
+    _set(trial, key, value)
+    try:
+        base_model.model_validate(trial)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SweepConfigError(file, field, f"value {value!r} does not fit {key}: {err['msg']}") from None
+
+
+def _check_key(file: Path, field: str, base: dict[str, Any], key: str) -> None:
+    flat = flatten(base)
+    if key not in flat:
+        raise SweepConfigError(file, field, f"{key!r} is not a key of `base`{_suggest(key, list(flat))}")
+
+
+def _check_search(file: Path, spec: SweepFile, base_model: type[BaseModel], base: dict[str, Any]) -> list[Dimension]:
+    try:
+        dims = parse_search(spec.search)
+    except SpaceError as exc:
+        field, _, msg = str(exc).partition(": ")
+        raise SweepConfigError(file, field, msg) from None
+    for d in dims:
+        _check_key(file, f"search.{d.key}", base, d.key)
+        for value in d.representative_values():
+            _check_value(file, f"search.{d.key}", base_model, base, d.key, value)
+        if d.kind == "grid" and spec.search_alg.name != "grid":
+            raise SweepConfigError(file, f"search.{d.key}", "`grid` needs `search_alg: {name: grid}`; "
+                                   "with Optuna or random search use `choice`")
+    if spec.search_alg.name == "grid":
+        try:
+            grid_values(dims)
+        except SpaceError as exc:
+            raise SweepConfigError(file, "search_alg.name", str(exc)) from None
+    return dims
+
+
+def _check_eval_grid(file: Path, spec: SweepFile, base_model: type[BaseModel], base: dict[str, Any]) -> None:
+    allowed = TASK_EVAL_GRID_KEYS.get(spec.task, ())
+    for key, values in spec.eval_grid.items():
+        field = f"eval_grid.{key}"
+        if key not in allowed:
+            raise SweepConfigError(file, field, f"task {spec.task!r} sweeps only {', '.join(allowed) or 'nothing'} "
+                                   f"at evaluation{_suggest(key, list(allowed))}")
+        if not values:
+            raise SweepConfigError(file, field, "needs a non-empty list of values")
+        if key in spec.search:
+            raise SweepConfigError(file, field, "is also in `search`: sweep it at evaluation or by training, not both")
+        for value in values:
+            _check_value(file, field, base_model, base, key, value)
+
+
+def metric_known(task: str, metric: str, eval_grid: bool = False) -> bool:
+    """Whether `task` reports `metric` (used to check the objective before anything runs)."""
+    if eval_grid and metric.endswith("@default"):
+        metric = metric[: -len("@default")]
+    return metric in TASK_METRICS[task] or metric.startswith(TASK_METRIC_PREFIXES.get(task, ()))
+
+
+def _check_objective(file: Path, spec: SweepFile) -> None:
+    if not metric_known(spec.task, spec.objective.metric, bool(spec.eval_grid)):
+        known = list(TASK_METRICS[spec.task])
+        prefixes = ", ".join(f"{p}<name>" for p in TASK_METRIC_PREFIXES.get(spec.task, ()))
+        raise SweepConfigError(file, "objective.metric", f"task {spec.task!r} does not report "
+                               f"{spec.objective.metric!r}{_suggest(spec.objective.metric, known)}; "
+                               f"it reports {', '.join(known)}" + (f", {prefixes}" if prefixes else ""))
+
+
+def _check_budget(file: Path, spec: SweepFile, dims: list[Dimension], base: dict[str, Any]) -> None:
+    if not dims and spec.budget.num_samples > 1:
+        raise SweepConfigError(file, "budget.num_samples", f"the search space is empty, so {spec.budget.num_samples} "
+                               "trials would all train the same configuration; add keys to `search` "
+                               "or set budget.num_samples: 1")
+    epochs = base["train"]["epochs"]
+    sched = spec.scheduler
+    max_t = sched.max_t or epochs
+    if sched.max_t and "train.epochs" not in spec.search and sched.max_t > epochs:
+        raise SweepConfigError(file, "scheduler.max_t", f"{sched.max_t} epochs exceeds train.epochs ({epochs})")
+    if sched.name == "asha" and sched.grace_period > max_t:
+        raise SweepConfigError(file, "scheduler.grace_period", f"{sched.grace_period} epochs exceeds "
+                               f"max_t ({max_t}): no trial could be stopped early")
+
+
+def trial_config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
+    """The nested config one trial's task receives: `base` with the trial's values applied."""
+    cfg = copy.deepcopy(sweep.base)
+    for key, value in params.items():
+        _set(cfg, key, value)
+    cfg["task"] = sweep.spec.task
+    cfg["data"] = sweep.spec.data.model_dump()
+    cfg["eval_grid"] = dict(sweep.spec.eval_grid)
+    cfg["objective_metric"] = sweep.spec.objective.metric.removesuffix("@default")
+    return cfg

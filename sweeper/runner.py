@@ -1,0 +1,196 @@
+"""Runs a sweep on Ray Tune: searcher, scheduler, resources, storage, checkpoints, resume.
+
+    outcome = launch(sweep, address=None)   # local Ray sized to this machine, or join a cluster
+
+The Ray experiment lives at `storage/name`. Launching a sweep whose experiment already exists
+there continues it (finished trials are not rerun, running ones resume from their last
+checkpoint, MLflow runs continue in place); `fresh=True` moves the old experiment aside first.
+The runner knows nothing about detection: it drives `sweeper.trainable.run_trial`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeper.config import Sweep
+
+STATE_FILE = "sweeper.json"
+
+
+@dataclass
+class Outcome:
+    """What a launch ended with."""
+
+    name: str
+    experiment_dir: str
+    parent_run_id: str
+    num_trials: int
+    finished: int
+    stopped: int
+    failed: int
+    interrupted: bool
+    resumed: bool
+    best: dict[str, Any] | None
+    wall_s: float
+
+
+def config_hash(sweep: Sweep) -> str:
+    """Identity of a sweep's content: a relaunch must not silently continue a different sweep."""
+    doc = json.dumps(sweep.raw, sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _init_ray(address: str | None, sweep: Sweep) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # A local Ray sized to this machine; the dashboard is not needed to run a sweep.
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}})
+
+
+def max_concurrent(sweep: Sweep) -> int:
+    """Trials at once: `budget.max_concurrent`, else what the cluster's CPUs and GPUs fit."""
+    import ray
+
+    if sweep.spec.budget.max_concurrent:
+        return sweep.spec.budget.max_concurrent
+    res = ray.cluster_resources()
+    fits = int(res.get("CPU", 1) // sweep.spec.resources.cpu)
+    if sweep.spec.resources.gpu:
+        fits = min(fits, int(res.get("GPU", 0) // sweep.spec.resources.gpu))
+    return max(1, min(fits, sweep.num_trials))
+
+
+def check_resources(sweep: Sweep) -> None:
+    """Refuse a trial that no node can hold (it would wait forever)."""
+    import ray
+
+    need_cpu, need_gpu = sweep.spec.resources.cpu, sweep.spec.resources.gpu
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= need_cpu and r.get("GPU", 0) >= need_gpu for r in nodes):
+        have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes)
+        from sweeper.config import SweepConfigError
+
+        raise SweepConfigError(sweep.file, "resources", f"a trial asks for {need_cpu:g} CPU and "
+                               f"{need_gpu:g} GPU but no node has that (nodes: {have})")
+
+
+def _read_state(exp_dir: Path) -> dict[str, Any] | None:
+    path = exp_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, verbose: int = 1) -> Outcome:
+    """Run (or continue) the sweep to completion; returns counts and the best trial."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from sweeper import tracking
+    from sweeper.search import build_searcher
+    from sweeper.trainable import run_trial
+
+    t0 = time.time()
+    spec = sweep.spec
+    exp_dir = sweep.experiment_dir
+    local = _is_local(exp_dir)
+    chash = config_hash(sweep)
+    if local and fresh and Path(exp_dir).exists():
+        aside = f"{exp_dir}.{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(exp_dir, aside)
+        print(f"moved the previous experiment aside to {aside}")
+
+    _init_ray(address, sweep)
+    check_resources(sweep)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=sweep),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+
+    resumed = tune.Tuner.can_restore(exp_dir)
+    state = _read_state(Path(exp_dir)) if local else None
+    if resumed:
+        if state and state.get("config_hash") != chash:
+            from sweeper.config import SweepConfigError
+
+            raise SweepConfigError(sweep.file, None, f"{exp_dir} holds a sweep named {sweep.name!r} "
+                                   "made from a different configuration; relaunch with --fresh "
+                                   "(the old one is kept beside it) or choose another `name`")
+        parent_run_id = state["parent_run_id"] if state else tracking.start_sweep_run(sweep, chash)
+        print(f"continuing sweep {sweep.name!r} from {exp_dir}")
+        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        parent_run_id = tracking.start_sweep_run(sweep, chash)
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.max_t,
+                                   grace_period=spec.scheduler.grace_period,
+                                   reduction_factor=spec.scheduler.reduction_factor,
+                                   brackets=spec.scheduler.brackets)
+                     if spec.scheduler.name == "asha" else FIFOScheduler())
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric, mode=spec.objective.mode,
+                search_alg=build_searcher(sweep, max_concurrent(sweep)), scheduler=scheduler,
+                num_samples=sweep.num_trials,
+                max_concurrent_trials=None if sweep.dimensions else max_concurrent(sweep),
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=spec.storage, verbose=verbose,
+                callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id)],
+                # keep >= 3: a hard kill can otherwise leave state pointing at a pruned checkpoint
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=3, checkpoint_score_attribute=spec.objective.metric,
+                    checkpoint_score_order=spec.objective.mode),
+                failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+            ),
+        )
+    if local:
+        Path(exp_dir).mkdir(parents=True, exist_ok=True)
+        (Path(exp_dir) / STATE_FILE).write_text(json.dumps(
+            {"parent_run_id": parent_run_id, "config_hash": chash, "sweep_file": str(sweep.file)}))
+
+    results = tuner.fit()
+    return _summarize(sweep, results, exp_dir, parent_run_id, resumed, time.time() - t0)
+
+
+def _summarize(sweep: Sweep, results, exp_dir: str, parent_run_id: str, resumed: bool,  # noqa: ANN001
+               wall_s: float) -> Outcome:
+    from sweeper import tracking
+    from sweeper.search import stopped_early
+
+    finished = stopped = failed = 0
+    for r in results:
+        if r.error is not None:
+            failed += 1
+        elif stopped_early(r.metrics, sweep.max_t):
+            stopped += 1
+        elif r.metrics and (r.metrics.get("done") or r.metrics.get("epoch") == r.metrics.get("epochs_total")
+                            or r.metrics.get("epoch", 0) >= sweep.max_t):
+            finished += 1
+    interrupted = finished + stopped + failed < sweep.num_trials
+    best = None
+    try:
+        board = tracking.leaderboard(sweep.spec.tracking.uri, sweep.name, top=1)
+        top = board["rows"][0] if board["rows"] else None
+        if top and top[board["objective"]] is not None:
+            best = {"trial_id": top["trial"], "run_id": top["run_id"], "value": top[board["objective"]]}
+    except LookupError:
+        pass
+    tracking.finish_sweep_run(sweep.spec.tracking.uri, parent_run_id, best,
+                              "KILLED" if interrupted else "FINISHED")
+    return Outcome(sweep.name, exp_dir, parent_run_id, sweep.num_trials, finished, stopped, failed,
+                   interrupted, resumed, best, wall_s)

@@ -1,0 +1,275 @@
+"""COCO-JSON detection data for the detection task: loading, checking, resizing, batching.
+
+Contract
+--------
+* Input: an images directory plus a COCO annotation JSON (``images``, ``annotations``,
+  ``categories``). ``file_name`` is relative to the images directory.
+* Labels: category ids are mapped to contiguous labels ``1..K`` in sorted category-id order
+  (0 is background, as torchvision's detectors expect); :attr:`CocoDetection.label_to_cat_id`
+  and :attr:`CocoDetection.label_names` map them back for COCO results and per-class metrics.
+* Training targets leave out ``iscrowd: 1`` and ``ignore: 1`` annotations (COCO scores crowds
+  as "ignore" regions, so they must not become positives). Images without annotations stay in
+  the set with empty targets: they are the negatives. Boxes with zero or negative size are
+  dropped, counted and reported with one warning per dataset.
+* Transform: resize so the longest side equals ``resolution`` (aspect kept), optional random
+  horizontal flip (train only, applied before padding so the padding stays bottom/right), then
+  zero-pad bottom/right to ``resolution x resolution``. The detector therefore never resizes
+  again, and :func:`to_original_coords` maps predictions back exactly: divide by ``scale``,
+  clip to the original image.
+* Every item is ``(image, target)``: image ``float32 [3, R, R]`` in ``[0, 1]``; target has
+  ``boxes`` (``float32 [N, 4]`` xyxy, resized coordinates), ``labels`` (``int64 [N]``),
+  ``image_id`` (int, the COCO id), ``scale`` (float) and ``orig_size`` (``(height, width)``).
+* Bad input raises :class:`DatasetError` naming the file and the field.
+
+Usage::
+
+    ds = CocoDetection("data/train.json", "data/images", resolution=512, hflip=0.5, train=True)
+    loader = make_loader(ds, batch_size=4, shuffle=True, seed=0)
+    set_loader_epoch(loader, seed=0, epoch=1)     # same order for the same (seed, epoch)
+    for images, targets in loader: ...
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+
+class DatasetError(ValueError):
+    """A detection data set (annotation file, image file) is missing or malformed."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read annotation file: {exc}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"{path}: missing top-level key '{key}' (COCO detection format)")
+        if not isinstance(data[key], list):
+            raise DatasetError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    return data
+
+
+def _field(path: Path, where: str, record: Any, key: str) -> Any:
+    if not isinstance(record, dict) or key not in record:
+        raise DatasetError(f"{path}: {where} has no '{key}' field")
+    return record[key]
+
+
+class CocoDetection(Dataset):
+    """A COCO detection split, resized/padded to a square ``resolution`` (see module docstring).
+
+    ``categories`` (a list of ``{"id", "name"}``) forces a label mapping, so the validation split
+    uses the same labels as training; it is an error if this file's categories differ.
+    ``max_images`` keeps only the first N images in file order (quick trials).
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        images_dir: str | Path,
+        *,
+        resolution: int,
+        hflip: float = 0.0,
+        train: bool = False,
+        max_images: int | None = None,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.images_dir = Path(images_dir)
+        if not isinstance(resolution, int) or resolution <= 0:
+            raise DatasetError(f"train.resolution must be a positive int, got {resolution!r}")
+        if not 0.0 <= float(hflip) <= 1.0:
+            raise DatasetError(f"train.hflip must be a probability in [0, 1], got {hflip!r}")
+        self.resolution = resolution
+        self.hflip = float(hflip) if train else 0.0
+        self.train = train
+        data = _read_json(self.ann_file)
+        path = self.ann_file
+
+        cats = {}
+        for i, cat in enumerate(data["categories"]):
+            cid = _field(path, f"categories[{i}]", cat, "id")
+            cats[cid] = str(_field(path, f"categories[{i}]", cat, "name"))
+        if not cats:
+            raise DatasetError(f"{path}: 'categories' is empty; at least one category is needed")
+        #: label (1..K) -> COCO category id / name; index 0 is background.
+        self.label_to_cat_id: list[int | None] = [None, *sorted(cats)]
+        self.label_names: list[str] = ["__background__", *(cats[c] for c in sorted(cats))]
+        self.cat_id_to_label = {cid: i for i, cid in enumerate(self.label_to_cat_id) if i > 0}
+        self.categories = [{"id": c, "name": cats[c]} for c in sorted(cats)]
+
+        self.images: list[dict[str, Any]] = []
+        index: dict[Any, int] = {}
+        for i, img in enumerate(data["images"]):
+            iid = _field(path, f"images[{i}]", img, "id")
+            name = _field(path, f"images[{i}] (id {iid})", img, "file_name")
+            if iid in index:
+                raise DatasetError(f"{path}: images[{i}]: duplicate image id {iid}")
+            index[iid] = len(self.images)
+            self.images.append({"id": iid, "file_name": str(name), "boxes": [], "labels": []})
+
+        self.num_dropped = 0
+        for i, ann in enumerate(data["annotations"]):
+            where = f"annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
+            iid = _field(path, where, ann, "image_id")
+            cid = _field(path, where, ann, "category_id")
+            bbox = _field(path, where, ann, "bbox")
+            if iid not in index:
+                raise DatasetError(f"{path}: {where}: image_id {iid!r} is not in 'images'")
+            if cid not in self.cat_id_to_label:
+                raise DatasetError(f"{path}: {where}: category_id {cid!r} is not in 'categories'")
+            if (
+                not isinstance(bbox, (list, tuple))
+                or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            ):
+                raise DatasetError(f"{path}: {where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            if ann.get("iscrowd", 0) or ann.get("ignore", 0):
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            if w <= 0 or h <= 0:
+                self.num_dropped += 1
+                continue
+            rec = self.images[index[iid]]
+            rec["boxes"].append([x, y, x + w, y + h])
+            rec["labels"].append(self.cat_id_to_label[cid])
+        if self.num_dropped:
+            warnings.warn(
+                f"{path}: dropped {self.num_dropped} annotation(s) with zero or negative box size",
+                stacklevel=2,
+            )
+
+        if max_images is not None:
+            if max_images <= 0:
+                raise DatasetError(f"train.max_train_images must be a positive int, got {max_images!r}")
+            self.images = self.images[:max_images]
+        for img in self.images:
+            file = self.images_dir / img["file_name"]
+            if not file.is_file():
+                raise DatasetError(f"{file}: image file not found (file_name of image id {img['id']} in {path})")
+        self._warned_outside = False
+
+    def check_categories(self, other: CocoDetection) -> None:
+        """Raise if ``other`` maps categories differently (e.g. val vs train JSON)."""
+        if self.categories != other.categories:
+            raise DatasetError(
+                f"{other.ann_file}: categories {other.categories} differ from those in "
+                f"{self.ann_file} ({self.categories}); both splits need the same categories"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load_image(self, idx: int) -> Image.Image:
+        """Open image ``idx`` as RGB, turning any decoding error into a DatasetError naming it."""
+        file = self.images_dir / self.images[idx]["file_name"]
+        try:
+            with Image.open(file) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise DatasetError(f"{file}: image file not found") from None
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DatasetError(f"{file}: cannot read image: {exc}") from None
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        rec = self.images[idx]
+        im = self.load_image(idx)
+        w, h = im.size
+        res = self.resolution
+        scale = res / max(w, h)
+        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        im = im.resize((new_w, new_h), Image.BILINEAR)
+        image = pil_to_tensor(im).float().div_(255.0)
+
+        boxes = torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4) * scale
+        labels = torch.tensor(rec["labels"], dtype=torch.int64)
+        # COCO boxes may poke outside the image; clip so no target lies in the padding.
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if not bool(keep.all()):
+            if not self._warned_outside:
+                warnings.warn(
+                    f"{self.ann_file}: image id {rec['id']}: dropped {int((~keep).sum())} box(es) "
+                    "outside the image or too small after resizing (warned once per dataset)",
+                    stacklevel=2,
+                )
+                self._warned_outside = True
+            boxes, labels = boxes[keep], labels[keep]
+
+        # torch's global RNG: seeded per worker by the DataLoader, saved in task checkpoints.
+        if self.hflip > 0 and float(torch.rand(())) < self.hflip:
+            image = image.flip(-1)
+            boxes = torch.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], dim=1)
+
+        padded = torch.zeros(3, res, res, dtype=torch.float32)
+        padded[:, :new_h, :new_w] = image
+        target = {
+            "boxes": boxes,
+            "labels": labels,
+            "image_id": rec["id"],
+            "scale": scale,
+            "orig_size": (h, w),
+        }
+        return padded, target
+
+
+def to_original_coords(boxes: torch.Tensor, scale: float, orig_size: Sequence[int]) -> torch.Tensor:
+    """Map xyxy boxes from resized/padded coordinates back to the original image.
+
+    Dividing by the single resize scale undoes the aspect-preserving resize; clipping removes
+    whatever part of a box lies in the padding (which has no original pixels).
+    """
+    h, w = int(orig_size[0]), int(orig_size[1])
+    out = boxes.detach().to(torch.float64) / scale
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out
+
+
+def collate_fn(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Keep images and targets as lists: torchvision detectors take a list of images."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
+
+
+def make_loader(
+    dataset: CocoDetection, *, batch_size: int, shuffle: bool, seed: int, workers: int = 0
+) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` and the epoch (see set_loader_epoch)."""
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        generator=gen,
+        drop_last=False,
+        persistent_workers=False,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, *, seed: int, epoch: int) -> None:
+    """Reseed the loader's generator so epoch ``epoch`` gets the same order (and worker seeds)
+    whether it runs straight through or after a restore from a checkpoint."""
+    loader.generator.manual_seed(seed * 100_003 + epoch)

@@ -1,0 +1,208 @@
+"""Detection models: torchvision Faster R-CNN / RetinaNet on any timm backbone plus an FPN.
+
+Contract
+--------
+``build_model(model_cfg, num_classes, resolution, post=None)`` returns a torchvision detector
+(``model.arch`` in :data:`ARCHS`) whose ``num_classes`` includes background (labels ``1..K``).
+
+* Backbone: ``timm.create_model(model.backbone, features_only=True, out_indices=N)`` keeps the
+  last N feature levels (4 for Faster R-CNN: strides 4..32 plus a max-pooled stride-64 level;
+  3 for RetinaNet: strides 8..32 plus P6/P7 convolutions, as in the RetinaNet paper).
+  torchvision's ``FeaturePyramidNetwork`` makes them ``model.fpn_channels`` wide.
+* Anchors: one size per FPN level, ``model.anchor_sizes`` or 4 x the level's stride, with
+  aspect ratios 0.5/1/2.
+* The detector's own transform does not resize: inputs are already resized and padded to
+  ``resolution x resolution`` by the data pipeline (min_size = max_size = resolution), and it
+  normalises with the backbone's pretrained mean/std.
+* ``post`` (``score_thresh``, ``nms_iou``, ``max_dets``) sets the detector's postprocessing;
+  :func:`set_postprocess` changes it on a built model (the task's eval grid uses it).
+* No downloads, ever: ``model.weights`` is a local backbone file loaded through timm; with
+  ``pretrained: True`` it is required. Loaded backbones get frozen BatchNorm statistics
+  (torchvision does the same for pretrained backbones: batch-4 statistics would wreck them).
+
+Usage::
+
+    model = build_model({"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 64},
+                        num_classes=3, resolution=256, post={"score_thresh": 0.05})
+    losses = model(images, targets)        # train mode: dict of losses
+    model.eval(); preds = model(images)    # list of {"boxes", "scores", "labels"}
+"""
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
+
+#: aspect ratios (h/w) of the anchors at every location.
+ASPECT_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
+#: RPN proposals kept per image at test time: torchvision's 1000 makes CPU eval ~3x slower.
+RPN_POST_NMS_TOP_N_TEST = 300
+
+
+def check_backbone(name: str) -> None:
+    """Raise ValueError naming the closest timm models if ``name`` is not a timm model.
+
+    Checked when a trial config is loaded so a typo fails in a second, not after Ray starts.
+    Pretrained tags (``resnet18.a1_in1k``) are accepted as timm accepts them.
+    """
+    if isinstance(name, str) and timm.is_model(name):
+        return
+    close = difflib.get_close_matches(str(name), timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ValueError(f"model.backbone: unknown timm model {name!r}{hint}")
+
+
+class TimmFPNBackbone(nn.Module):
+    """timm feature extractor + torchvision FPN, returning an OrderedDict of feature maps.
+
+    torchvision detectors need ``out_channels`` and a dict of levels; ``strides`` gives each
+    returned level's stride so anchors can be sized per level.
+    """
+
+    def __init__(self, body: nn.Module, fpn_channels: int, extra: ExtraFPNBlock, num_extra: int) -> None:
+        super().__init__()
+        self.body = body
+        channels = body.feature_info.channels()
+        reductions = body.feature_info.reduction()
+        self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=extra)
+        self.out_channels = fpn_channels
+        self.level_names = [str(i) for i in range(len(channels))]
+        self.strides = [*reductions, *(reductions[-1] * 2 ** (i + 1) for i in range(num_extra))]
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        feats = self.body(x)
+        return self.fpn(OrderedDict(zip(self.level_names, feats)))
+
+
+def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Module, bool]:
+    name = model_cfg.get("backbone", "resnet18")
+    check_backbone(name)
+    weights = model_cfg.get("weights")
+    if model_cfg.get("pretrained", False) and not weights:
+        raise ValueError(
+            "model.pretrained: True needs model.weights (a local backbone file); "
+            "sweeps never download weights"
+        )
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": num_levels}
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ValueError(f"model.weights: backbone weights file not found: {path}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        body = timm.create_model(name, pretrained=bool(weights), **kwargs)
+    except (RuntimeError, KeyError) as exc:
+        if weights:
+            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: {exc}") from exc
+        raise
+    return body, bool(weights)
+
+
+def _anchors(model_cfg: Mapping[str, Any], strides: list[int]) -> AnchorGenerator:
+    sizes = model_cfg.get("anchor_sizes")
+    if sizes is None:
+        sizes = [4 * s for s in strides]
+    if len(sizes) != len(strides):
+        raise ValueError(
+            f"model.anchor_sizes: need one size per FPN level ({len(strides)} levels, "
+            f"strides {strides}), got {list(sizes)}"
+        )
+    return AnchorGenerator(tuple((int(s),) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
+
+
+def _post_kwargs(post: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    names = {"score_thresh": "score_thresh", "nms_iou": "nms_thresh", "max_dets": "detections_per_img"}
+    return {prefix + dst: post[src] for src, dst in names.items() if post.get(src) is not None}
+
+
+def _faster_rcnn(model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]) -> nn.Module:
+    body, loaded = _create_body(model_cfg, num_levels=4)
+    backbone = TimmFPNBackbone(body, int(model_cfg.get("fpn_channels", 256)), LastLevelMaxPool(), num_extra=1)
+    return FasterRCNN(
+        backbone,
+        num_classes=num_classes,
+        min_size=resolution,
+        max_size=resolution,
+        image_mean=list(body.pretrained_cfg["mean"]),
+        image_std=list(body.pretrained_cfg["std"]),
+        rpn_anchor_generator=_anchors(model_cfg, backbone.strides),
+        rpn_post_nms_top_n_test=RPN_POST_NMS_TOP_N_TEST,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=backbone.level_names, output_size=7, sampling_ratio=2),
+        box_batch_size_per_image=int(model_cfg.get("box_batch_size_per_image") or 512),
+        **_post_kwargs(post, "box_"),
+    ), loaded
+
+
+def _retinanet(model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]) -> nn.Module:
+    body, loaded = _create_body(model_cfg, num_levels=3)
+    ch = int(model_cfg.get("fpn_channels", 256))
+    backbone = TimmFPNBackbone(body, ch, LastLevelP6P7(ch, ch), num_extra=2)
+    return RetinaNet(
+        backbone,
+        num_classes=num_classes,
+        min_size=resolution,
+        max_size=resolution,
+        image_mean=list(body.pretrained_cfg["mean"]),
+        image_std=list(body.pretrained_cfg["std"]),
+        anchor_generator=_anchors(model_cfg, backbone.strides),
+        **_post_kwargs(post, ""),
+    ), loaded
+
+
+#: model.arch -> builder(model_cfg, num_classes, resolution, post) -> (detector, weights_loaded)
+ARCHS: dict[str, Callable[..., tuple[nn.Module, bool]]] = {
+    "faster_rcnn": _faster_rcnn,
+    "retinanet": _retinanet,
+}
+
+
+def build_model(
+    model_cfg: Mapping[str, Any],
+    num_classes: int,
+    resolution: int,
+    post: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Build the detector described by ``model_cfg`` (the trial config's ``model`` section).
+
+    ``num_classes`` counts background; ``resolution`` is the square input size the data
+    pipeline produces; ``post`` is the trial config's ``post`` section (optional).
+    """
+    arch = model_cfg.get("arch", "faster_rcnn")
+    if arch not in ARCHS:
+        close = difflib.get_close_matches(str(arch), ARCHS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"model.arch: unknown detector {arch!r}; known: {', '.join(ARCHS)}{hint}")
+    model, loaded = ARCHS[arch](model_cfg, num_classes, int(resolution), post or {})
+    if loaded:
+        timm.layers.freeze_batch_norm_2d(model.backbone.body)
+    return model
+
+
+def set_postprocess(
+    model: nn.Module,
+    *,
+    score_thresh: float | None = None,
+    nms_iou: float | None = None,
+    max_dets: int | None = None,
+) -> None:
+    """Change a built detector's postprocessing in place (values left None are kept)."""
+    target = model.roi_heads if hasattr(model, "roi_heads") else model
+    for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_iou), ("detections_per_img", max_dets)):
+        if value is not None:
+            setattr(target, name, value)
+
+
+def get_postprocess(model: nn.Module) -> dict[str, Any]:
+    """The detector's current ``post`` settings, under the config's names."""
+    target = model.roi_heads if hasattr(model, "roi_heads") else model
+    return {"score_thresh": target.score_thresh, "nms_iou": target.nms_thresh, "max_dets": target.detections_per_img}

@@ -1,0 +1,319 @@
+"""The detection task: train and evaluate one trial's detector, as plain PyTorch.
+
+Contract (see :class:`sweeper.tasks.Task`)
+------------------------------------------
+* ``DetectionTask(config, device)`` builds the data (:mod:`.data`), the detector (:mod:`.model`),
+  the optimizer and a per-iteration LR schedule from the trial config (``data.*``, ``model.*``,
+  ``train.*``, ``post.*``, ``eval_grid``), after seeding python/numpy/torch from ``train.seed``.
+* ``train_one_epoch(epoch)`` -> ``train/loss`` (mean over the epoch's steps), ``train/lr`` (the
+  last step's LR), ``train/images_per_s`` and the mean of each loss term (``train/loss_<name>``).
+  A NaN/inf loss raises :class:`~sweeper.tasks.NonFiniteLossError` naming epoch, step and value.
+* ``evaluate()`` -> COCO metrics of the validation split (``map``, ..., ``ap/<class>``), computed
+  by :func:`.coco_eval.evaluate_coco` on boxes mapped back to original image coordinates. With an
+  ``eval_grid`` (``post.score_thresh`` and/or ``post.max_dets``) the model runs once, at the
+  loosest setting, and every grid point filters those detections: the metrics of the best point
+  for the objective (``config["objective_metric"]``, default ``map``, higher is better) are
+  returned, plus ``best/<key>`` for each grid key and ``<objective>@default`` (score at ``post``).
+* ``state_dict()``/``load_state_dict()`` carry model, optimizer, scheduler, GradScaler and the
+  python/numpy/torch RNG states: a restored task continues exactly as the original would have.
+  The data order is a function of (seed, epoch), so it needs no state of its own.
+
+Usage::
+
+    task = DetectionTask(trial_config, device="cpu")
+    for epoch in range(1, trial_config["train"]["epochs"] + 1):
+        print(task.train_one_epoch(epoch), task.evaluate())
+    torch.save(task.state_dict(), "ckpt.pt")
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sweeper.tasks import NonFiniteLossError
+from sweeper.tasks.detection.coco_eval import evaluate_coco, load_coco_gt
+from sweeper.tasks.detection.data import CocoDetection, make_loader, set_loader_epoch, to_original_coords
+from sweeper.tasks.detection.model import build_model, set_postprocess
+
+#: eval_grid keys that can be scored from one forward pass (filters on kept detections).
+GRID_KEYS = ("post.score_thresh", "post.max_dets")
+#: the LR at the first warmup step, as a fraction of train.lr (torchvision's recipe uses 0.001).
+WARMUP_START_FACTOR = 0.001
+
+
+def lr_factor_fn(
+    schedule: str, total_iters: int, warmup_iters: int, milestones: list[float], gamma: float
+) -> Any:
+    """Multiplier of train.lr at iteration ``i`` (0-based), for ``LambdaLR``.
+
+    Linear warmup from WARMUP_START_FACTOR over ``warmup_iters``; then cosine from 1 to 0 over
+    the remaining iterations, or x``gamma`` at each milestone (fractions of ``total_iters``),
+    or constant.
+    """
+    if schedule not in ("cosine", "step", "constant"):
+        raise ValueError(f"train.schedule: unknown schedule {schedule!r}; known: cosine, step, constant")
+    steps = sorted(int(round(m * total_iters)) for m in milestones)
+
+    def factor(i: int) -> float:
+        if i < warmup_iters:
+            return WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * i / warmup_iters
+        if schedule == "cosine":
+            t = (i - warmup_iters) / max(1, total_iters - warmup_iters)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        if schedule == "step":
+            return gamma ** sum(i >= s for s in steps)
+        return 1.0
+
+    return factor
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # No decay on biases and norm scales: decaying them only fights the normalisation.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class DetectionTask:
+    """One trial's detector, data and optimizer; see the module docstring for the contract."""
+
+    def __init__(self, config: Mapping[str, Any], device: str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        data, train, post = config["data"], config["train"], config.get("post", {})
+        self.train_cfg = train
+        self.post = {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100, **post}
+        self.seed = int(train.get("seed", 0))
+        if train.get("threads"):
+            torch.set_num_threads(int(train["threads"]))
+        self.use_cuda = self.device.type == "cuda"
+        self.use_amp = self.use_cuda and bool(train.get("amp", True))
+        self.grid = self._parse_grid(config.get("eval_grid") or {})
+        self.objective = str(config.get("objective_metric", "map"))
+        _seed_everything(self.seed)
+
+        res = int(train.get("resolution", 512))
+        self.train_ds = CocoDetection(
+            data["train"], data["images"], resolution=res, hflip=float(train.get("hflip", 0.5)),
+            train=True, max_images=train.get("max_train_images"),
+        )
+        self.val_ds = CocoDetection(data["val"], data["images"], resolution=res)
+        self.train_ds.check_categories(self.val_ds)
+        self.val_gt = load_coco_gt(data["val"])
+        workers = int(train.get("workers", 0))
+        batch = int(train.get("batch_size", 4))
+        self.train_loader = make_loader(self.train_ds, batch_size=batch, shuffle=True, seed=self.seed, workers=workers)
+        self.val_loader = make_loader(self.val_ds, batch_size=batch, shuffle=False, seed=self.seed, workers=workers)
+
+        self.model = build_model(config["model"], len(self.train_ds.categories) + 1, res, self.post)
+        self.model.to(self.device)
+        if self.use_cuda:
+            self.model.to(memory_format=torch.channels_last)
+
+        lr, wd = float(train.get("lr", 0.01)), float(train.get("weight_decay", 1e-4))
+        groups = _param_groups(self.model, wd)
+        opt = train.get("optimizer", "sgd")
+        if opt == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(train.get("momentum", 0.9)))
+        elif opt == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        else:
+            raise ValueError(f"train.optimizer: unknown optimizer {opt!r}; known: sgd, adamw")
+        iters = len(self.train_loader)
+        total = max(1, int(train.get("epochs", 12)) * iters)
+        warmup = min(total, int(round(float(train.get("warmup_epochs", 1.0)) * iters)))
+        factor = lr_factor_fn(
+            train.get("schedule", "cosine"), total, warmup,
+            list(train.get("lr_steps") or []), float(train.get("lr_gamma", 0.1)),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.grad_clip = train.get("grad_clip")
+
+    @staticmethod
+    def _parse_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+        out = {}
+        for key, values in grid.items():
+            if key not in GRID_KEYS:
+                raise ValueError(
+                    f"eval_grid.{key}: only {', '.join(GRID_KEYS)} can be grid-evaluated for "
+                    "detection (they filter one forward pass's detections)"
+                )
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"eval_grid.{key}: expected a non-empty list of values, got {values!r}")
+            out[key] = list(values)
+        return out
+
+    # ---------------------------------------------------------------- training
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (1-based); see the module docstring for the returned metrics."""
+        self.model.train()
+        set_loader_epoch(self.train_loader, seed=self.seed, epoch=epoch)
+        n_steps, n_images, total, lr = len(self.train_loader), 0, 0.0, 0.0
+        terms: dict[str, float] = {}
+        start = time.perf_counter()
+        for step, (images, targets) in enumerate(self.train_loader, start=1):
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+            try:
+                with torch.autocast("cuda", enabled=self.use_amp):
+                    loss_dict = self.model(images, targets)
+            except Exception as exc:
+                # Exploded weights often break box decoding/matching before a loss exists.
+                if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                    raise NonFiniteLossError(
+                        f"epoch {epoch}, step {step}/{n_steps}: model weights are NaN/inf "
+                        f"(forward failed: {exc})"
+                    ) from exc
+                raise
+            loss = sum(loss_dict.values())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+                raise NonFiniteLossError(
+                    f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})"
+                )
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total += value
+            n_images += len(images)
+            for k, v in loss_dict.items():
+                terms[k] = terms.get(k, 0.0) + float(v.detach())
+        elapsed = time.perf_counter() - start
+        steps = max(1, n_steps)
+        metrics = {"train/loss": total / steps, "train/lr": lr, "train/images_per_s": n_images / max(elapsed, 1e-9)}
+        metrics.update({f"train/loss_{k.removeprefix('loss_')}": v / steps for k, v in terms.items()})
+        return metrics
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict(self) -> list[dict[str, Any]]:
+        """One pass over the validation set at the loosest eval settings.
+
+        Returns per image ``image_id`` and numpy ``boxes`` (xyxy, ORIGINAL coordinates),
+        ``scores`` (descending) and ``labels``.
+        """
+        thresholds = [self.post["score_thresh"], *self.grid.get("post.score_thresh", [])]
+        max_dets = [self.post["max_dets"], *self.grid.get("post.max_dets", [])]
+        self.model.eval()
+        set_postprocess(self.model, score_thresh=min(thresholds), max_dets=max(max_dets), nms_iou=self.post["nms_iou"])
+        out = []
+        try:
+            for images, targets in self.val_loader:
+                images = [im.to(self.device) for im in images]
+                with torch.autocast("cuda", enabled=self.use_amp):
+                    preds = self.model(images)
+                for pred, tgt in zip(preds, targets):
+                    order = torch.argsort(pred["scores"].float(), descending=True, stable=True)
+                    boxes = to_original_coords(pred["boxes"][order].float().cpu(), tgt["scale"], tgt["orig_size"])
+                    out.append({
+                        "image_id": tgt["image_id"],
+                        "boxes": boxes.numpy(),
+                        "scores": pred["scores"][order].float().cpu().numpy(),
+                        "labels": pred["labels"][order].cpu().numpy(),
+                    })
+        finally:
+            set_postprocess(self.model, score_thresh=self.post["score_thresh"], max_dets=self.post["max_dets"])
+        return out
+
+    def _coco_results(self, preds: list[dict[str, Any]], score_thresh: float, max_dets: int) -> list[dict[str, Any]]:
+        # Strictly greater, as torchvision's own score filter: a grid point then scores exactly
+        # what a forward pass at that threshold would have kept.
+        cat_ids = self.train_ds.label_to_cat_id
+        results = []
+        for p in preds:
+            keep = np.flatnonzero(p["scores"] > score_thresh)[: int(max_dets)]
+            for i in keep:
+                x1, y1, x2, y2 = (float(v) for v in p["boxes"][i])
+                results.append({
+                    "image_id": p["image_id"],
+                    "category_id": cat_ids[int(p["labels"][i])],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(p["scores"][i]),
+                })
+        return results
+
+    def evaluate(self) -> dict[str, float]:
+        """COCO metrics on the validation split; see the module docstring for the eval grid."""
+        preds = self.predict()
+        cache: dict[tuple[float, int], dict[str, float]] = {}
+
+        def score(thresh: float, max_dets: int) -> dict[str, float]:
+            key = (float(thresh), int(max_dets))
+            if key not in cache:
+                cache[key] = evaluate_coco(self.val_gt, self._coco_results(preds, *key))
+            return cache[key]
+
+        default = score(self.post["score_thresh"], self.post["max_dets"])
+        if not self.grid:
+            return dict(default)
+        objective = self.objective
+        if objective not in default and objective.startswith("val/"):
+            objective = objective.removeprefix("val/")
+        if objective not in default:
+            raise ValueError(f"objective_metric: {self.objective!r} is not a detection metric; known: {', '.join(default)}")
+
+        keys = list(self.grid)
+        best_point, best = None, None
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            point = {"post.score_thresh": self.post["score_thresh"], "post.max_dets": self.post["max_dets"]}
+            point.update(zip(keys, values))
+            metrics = score(point["post.score_thresh"], point["post.max_dets"])
+            if best is None or metrics[objective] > best[objective]:
+                best_point, best = point, metrics
+        result = dict(best)
+        result.update({f"best/{k}": float(best_point[k]) for k in keys})
+        result[f"{objective}@default"] = default[objective]
+        return result
+
+    # ---------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy (training on does not change it) of everything needed to continue."""
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if self.use_cuda:
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return copy.deepcopy({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+        })
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (possibly saved on another device)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if self.use_cuda and "cuda" in rng:
+            torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,237 @@
+"""MLflow: one experiment per sweep, a parent run per launch, one child run per trial.
+
+Everything is logged from the Ray driver by a Tune callback, so trials never need access to the
+tracking store. The callback is pickled into Tune's experiment state and comes back on restore,
+so it keeps only plain data (URI, ids, trial -> run map) and finds runs by their
+`sweeper.trial_id` tag: a resumed or relaunched sweep continues each trial's run in place
+instead of creating a duplicate.
+
+Tags (all under `sweeper.`): kind (sweep|trial), trial_id, status (running|finished|stopped|
+failed), stopped_at_epoch, error, objective, mode, searched (JSON list), config_hash.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from sweeper.config import Sweep, flatten, trial_config
+from sweeper.search import stopped_early
+
+#: Ray's bookkeeping keys that are not worth an MLflow metric.
+_RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
+             "time_since_restore", "iterations_since_restore", "done", "epochs_total",
+             "checkpoint_dir_name", "should_checkpoint"}
+_BAD_CHARS = re.compile(r"[^/\w.\- :]")
+_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
+
+
+def metric_key(name: str) -> str:
+    """MLflow allows only `/\\w.- :` in names; anything else becomes `_`."""
+    return _BAD_CHARS.sub("_", name)
+
+
+def client(uri: str):  # noqa: ANN201 - mlflow.MlflowClient, imported lazily
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def artifact_root(uri: str, name: str) -> str | None:
+    """Keep a sqlite store's artifacts beside the database, whatever the working directory."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+    return None
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_root(uri, name))
+
+
+def start_sweep_run(sweep: Sweep, config_hash: str) -> str:
+    """Create the parent run of one launch; returns its id."""
+    uri = sweep.spec.tracking.uri
+    exp_id = get_or_create_experiment(uri, sweep.name)
+    c = client(uri)
+    run = c.create_run(exp_id, run_name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
+        "sweeper.kind": "sweep",
+        "sweeper.objective": sweep.spec.objective.metric,
+        "sweeper.mode": sweep.spec.objective.mode,
+        "sweeper.searched": json.dumps([d.key for d in sweep.dimensions]),
+        "sweeper.config_hash": config_hash,
+        "sweeper.sweep_file": str(sweep.file),
+    })
+    c.log_text(run.info.run_id, sweep.file.read_text(), "sweep.yaml")
+    c.log_dict(run.info.run_id, sweep.raw, "sweep.resolved.json")
+    return run.info.run_id
+
+
+def finish_sweep_run(uri: str, run_id: str, best: dict[str, Any] | None, status: str) -> None:
+    """Record the best trial on the parent run and close it (FINISHED or KILLED when interrupted)."""
+    from mlflow.entities import Metric, RunTag
+
+    c = client(uri)
+    tags, metrics = [RunTag("sweeper.status", status.lower())], []
+    if best:
+        tags += [RunTag("sweeper.best_trial", best["trial_id"]), RunTag("sweeper.best_run_id", best["run_id"])]
+        metrics.append(Metric("best_objective", float(best["value"]), int(time.time() * 1000), 0))
+    c.log_batch(run_id, metrics=metrics, tags=tags)
+    c.set_terminated(run_id, status)
+
+
+class MLflowTrialLogger(Callback):
+    """Tune callback: a child run per trial with params, per-epoch metrics and final status."""
+
+    def __init__(self, sweep: Sweep, parent_run_id: str) -> None:
+        self.sweep = sweep
+        self.uri = sweep.spec.tracking.uri
+        self.parent_run_id = parent_run_id
+        self.experiment_id = get_or_create_experiment(self.uri, sweep.name)
+        self.runs: dict[str, str] = {}       # trial_id -> run_id
+        self.last_epoch: dict[str, int] = {}  # run_id -> last epoch logged
+        self._client = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def c(self):  # noqa: ANN201
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
+
+    def _find_run(self, trial_id: str) -> str | None:
+        found = self.c.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`sweeper.trial_id` = '{trial_id}' and tags.`sweeper.kind` = 'trial'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
+    def run_id(self, trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
+        """The trial's run: cached, else found by tag (after a restore), else created."""
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        run_id = self._find_run(trial.trial_id)
+        if run_id is None:
+            run_id = self._create_run(trial)
+        else:
+            metrics = self.c.get_run(run_id).data.metrics
+            self.last_epoch[run_id] = int(metrics.get("epoch", 0))
+            self.c.update_run(run_id, status="RUNNING")
+            self.c.set_tag(run_id, "sweeper.status", "running")
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def _create_run(self, trial) -> str:  # noqa: ANN001
+        from mlflow.entities import Param
+
+        params = dict(trial.config)
+        run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags={
+            "mlflow.parentRunId": self.parent_run_id,
+            "sweeper.kind": "trial",
+            "sweeper.trial_id": trial.trial_id,
+            "sweeper.status": "running",
+        })
+        full = flatten(trial_config(self.sweep, params))
+        logged = [Param(k, str(v)[:6000]) for k, v in full.items() if not _SECRET.search(k)]
+        for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
+            self.c.log_batch(run.info.run_id, params=logged[i:i + 100])
+        self.c.log_dict(run.info.run_id, trial_config(self.sweep, params), "trial_config.json")
+        return run.info.run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+        from mlflow.entities import Metric
+
+        run_id = self.run_id(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self.last_epoch.get(run_id, 0):
+            return  # already logged before a restore
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(metric_key(k), float(v), now, epoch)
+            for k, v in result.items()
+            if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and v is not None and not math.isnan(float(v))
+        ]
+        for i in range(0, len(metrics), 1000):
+            self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
+        self.last_epoch[run_id] = epoch
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        if stopped_early(result, self.sweep.max_t):
+            self.c.set_tag(run_id, "sweeper.status", "stopped")
+            self.c.set_tag(run_id, "sweeper.stopped_at_epoch", str(result.get("epoch")))
+        else:
+            self.c.set_tag(run_id, "sweeper.status", "finished")
+        self.c.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        run_id = self.run_id(trial)
+        error = trial.get_error()
+        message = str(error) if error else "unknown error"
+        self.c.set_tag(run_id, "sweeper.status", "failed")
+        self.c.set_tag(run_id, "sweeper.error", _last_line(message)[:5000])
+        self.c.log_text(run_id, message, "error.txt")
+        self.c.set_terminated(run_id, "FAILED")
+
+
+def _last_line(message: str) -> str:
+    """The exception line of a traceback: what a leaderboard can show."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else message
+
+
+# --------------------------------------------------------------------------- leaderboard
+def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bool = False) -> dict[str, Any]:
+    """Trials of a sweep's latest launch (or all), sorted by the objective's best value."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        known = [e.name for e in c.search_experiments()]
+        raise LookupError(f"no sweep named {name!r} in {uri}; known: {', '.join(known) or 'none'}")
+    parents = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'sweep'",
+                            order_by=["attributes.start_time DESC"])
+    if not parents:
+        raise LookupError(f"experiment {name!r} in {uri} holds no sweeper launch")
+    parent = parents[0]
+    objective, mode = parent.data.tags["sweeper.objective"], parent.data.tags["sweeper.mode"]
+    searched = json.loads(parent.data.tags.get("sweeper.searched", "[]"))
+    filt = "tags.`sweeper.kind` = 'trial'"
+    if not all_launches:
+        filt += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    runs = c.search_runs([exp.experiment_id], filt, max_results=50000)
+    rows = []
+    for run in runs:
+        m, t, p = run.data.metrics, run.data.tags, run.data.params
+        rows.append({
+            "trial": t.get("sweeper.trial_id"), "status": t.get("sweeper.status"),
+            "epoch": int(m["epoch"]) if "epoch" in m else None,
+            objective: m.get("best_objective"),
+            **{k: p.get(k) for k in searched},
+            **{k: m[k] for k in sorted(m) if k not in ("epoch", "best_objective", objective)
+               and not k.startswith(("ap/", "ar_", "train/"))},
+            "error": t.get("sweeper.error"), "run_id": run.info.run_id,
+        })
+    sign = -1 if mode == "max" else 1
+    rows.sort(key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
+    return {"name": name, "objective": objective, "mode": mode, "searched": searched,
+            "parent_run_id": parent.info.run_id, "rows": rows[:top] if top else rows}

@@ -1,0 +1,175 @@
+"""Sweep-file schema, includes, overrides, path resolution and error messages."""
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sweeper.config import SweepConfigError, flatten, load_sweep, parse_override, trial_config
+
+GOOD = """
+name: t
+task: detection
+data: {train: d/train.json, val: d/val.json, images: d/images}
+base:
+  model: {backbone: resnet18, fpn_channels: 32}
+  train: {epochs: 4, resolution: 64}
+search:
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  train.batch_size: {choice: [2, 4]}
+objective: {metric: map50, mode: max}
+scheduler: {name: asha, grace_period: 1}
+budget: {num_samples: 4}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "d"
+    (d / "images").mkdir(parents=True)
+    (d / "train.json").write_text("{}")
+    (d / "val.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    return d
+
+
+def test_good_sweep_resolves_paths_and_defaults(tmp_path: Path, data_dir: Path) -> None:
+    sweep = load_sweep(write(tmp_path, GOOD))
+    assert sweep.spec.data.train == str(data_dir / "train.json")
+    assert Path(sweep.spec.data.images).is_absolute()
+    assert sweep.spec.tracking.uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert sweep.spec.storage == str(tmp_path / "runs")
+    assert sweep.base["train"]["epochs"] == 4 and sweep.base["train"]["optimizer"] == "sgd"
+    assert [d.key for d in sweep.dimensions] == ["train.lr", "train.batch_size"]
+    assert sweep.max_t == 4 and sweep.num_trials == 4
+    cfg = trial_config(sweep, {"train.lr": 0.003, "train.batch_size": 2})
+    assert cfg["train"]["lr"] == 0.003 and cfg["train"]["batch_size"] == 2
+    assert cfg["model"]["fpn_channels"] == 32 and cfg["data"]["train"] == str(data_dir / "train.json")
+
+
+def test_config_module_imports_no_heavy_libraries() -> None:
+    import subprocess
+
+    code = ("import sys, sweeper.config, sweeper.spaces, sweeper.cli; "
+            "print(','.join(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("overrides, check", [
+    (["train.epochs=2"], lambda s: s.base["train"]["epochs"] == 2),
+    (["budget.num_samples=6"], lambda s: s.spec.budget.num_samples == 6),
+    (["base.train.resolution=96"], lambda s: s.base["train"]["resolution"] == 96),
+    (["train.lr=0.005"], lambda s: s.base["train"]["lr"] == 0.005 and "train.lr" not in [d.key for d in s.dimensions]),
+    (["search.train.momentum={uniform: [0.8, 0.95]}"], lambda s: "train.momentum" in [d.key for d in s.dimensions]),
+    (["scheduler.name=fifo"], lambda s: s.spec.scheduler.name == "fifo"),
+    (["model.arch=retinanet"], lambda s: s.base["model"]["arch"] == "retinanet"),
+    (["resources.gpu=0.5"], lambda s: s.spec.resources.gpu == 0.5),
+])
+def test_overrides(tmp_path: Path, data_dir: Path, overrides: list[str], check) -> None:  # noqa: ANN001
+    assert check(load_sweep(write(tmp_path, GOOD), overrides))
+
+
+def test_parse_override_types() -> None:
+    assert parse_override("train.lr=1e-3") == ("train.lr", 0.001)
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("name=abc") == ("name", "abc")
+    with pytest.raises(SweepConfigError, match="KEY=VALUE"):
+        parse_override("train.lr")
+
+
+def test_include_merges_fragments_and_sweep_wins(tmp_path: Path, data_dir: Path) -> None:
+    (tmp_path / "spaces").mkdir()
+    write(tmp_path / "spaces", "search:\n  train.lr: {uniform: [0.1, 0.2]}\n  train.momentum: {uniform: [0.8, 0.9]}\n",
+          "optim.yaml")
+    sweep = load_sweep(write(tmp_path, GOOD + "include: [spaces/optim.yaml]\n"))
+    dims = {d.key: d for d in sweep.dimensions}
+    assert dims["train.lr"].kind == "loguniform"  # the sweep's own entry wins
+    assert dims["train.momentum"].kind == "uniform"
+
+
+def test_flatten() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": []}) == {"a.b": 1, "a.c.d": 2, "e": []}
+
+
+# Each bad sweep: (replacement of GOOD's text or appended YAML, expected field, expected words)
+BAD = [
+    ("typo_top", GOOD.replace("budget:", "budgte:"), "budgte", "did you mean 'budget'"),
+    ("typo_nested", GOOD.replace("num_samples: 4", "num_sample: 4"), "budget.num_sample", "did you mean 'num_samples'"),
+    ("typo_base", GOOD.replace("fpn_channels", "fpn_chanels"), "base.model.fpn_chanels", "did you mean 'fpn_channels'"),
+    ("wrong_type", GOOD.replace("epochs: 4", "epochs: four"), "base.train.epochs", "integer"),
+    ("low_gt_high", GOOD.replace("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]"), "search.train.lr", "low < high"),
+    ("log_nonpositive", GOOD.replace("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]"), "search.train.lr", "low > 0"),
+    ("unknown_task", GOOD.replace("task: detection", "task: detektion"), "task", "did you mean 'detection'"),
+    ("unknown_metric", GOOD.replace("metric: map50", "metric: mAP50"), "objective.metric", "does not report"),
+    ("search_unknown_key", GOOD.replace("train.batch_size:", "train.batchsize:"), "search.train.batchsize",
+     "did you mean 'train.batch_size'"),
+    ("empty_choice", GOOD.replace("{choice: [2, 4]}", "{choice: []}"), "search.train.batch_size", "non-empty"),
+    ("bad_kind", GOOD.replace("{choice: [2, 4]}", "{choises: [2, 4]}"), "search.train.batch_size", "did you mean 'choice'"),
+    ("choice_wrong_type", GOOD.replace("{choice: [2, 4]}", "{choice: [2, big]}"), "search.train.batch_size", "does not fit"),
+    ("grid_with_optuna", GOOD.replace("{choice: [2, 4]}", "{grid: [2, 4]}"), "search.train.batch_size", "search_alg"),
+    ("fixed_and_searched", GOOD.replace("epochs: 4,", "epochs: 4, lr: 0.01,"), "search.train.lr", "both fixed"),
+    ("empty_search", GOOD.split("search:")[0] + "objective: {metric: map50}\nbudget: {num_samples: 3}\n",
+     "budget.num_samples", "empty"),
+    ("grace_gt_max_t", GOOD.replace("grace_period: 1", "grace_period: 9"), "scheduler.grace_period", "max_t"),
+    ("max_t_gt_epochs", GOOD.replace("grace_period: 1}", "grace_period: 1, max_t: 40}"), "scheduler.max_t", "exceeds"),
+    ("bad_mode", GOOD.replace("mode: max", "mode: maximise"), "objective.mode", "max"),
+    ("missing_data", GOOD.replace("train: d/train.json", "train: nowhere/train.json"), "data.train", "does not exist"),
+    ("missing_include", GOOD + "include: [nope.yaml]\n", "include", "not found"),
+    ("fractional_gpus", GOOD + "resources: {gpu: 1.5}\n", "resources.gpu", "fraction"),
+    ("eval_grid_unknown", GOOD + "eval_grid: {post.box_thresh: [0.3]}\n", "eval_grid.post.box_thresh", "sweeps only"),
+    ("bad_name", GOOD.replace("name: t", "name: a/b"), "name", "letters"),
+    ("not_mapping", "- a\n- b\n", None, "mapping"),
+    ("yaml_syntax", GOOD + "budget: {num_samples: [\n", None, "line"),
+    ("missing_objective", GOOD.replace("objective: {metric: map50, mode: max}", ""), "objective", "required"),
+]
+
+
+@pytest.mark.parametrize("case, text, field, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_sweeps_name_the_file_and_field(tmp_path: Path, data_dir: Path, case: str, text: str,
+                                            field: str | None, words: str) -> None:
+    path = write(tmp_path, text, f"{case}.yaml")
+    with pytest.raises(SweepConfigError) as info:
+        load_sweep(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    if field:
+        assert info.value.field == field, msg
+    assert words in msg, msg
+
+
+def test_set_on_missing_key_is_an_error(tmp_path: Path, data_dir: Path) -> None:
+    with pytest.raises(SweepConfigError, match="did you mean 'train.epochs'") as info:
+        load_sweep(write(tmp_path, GOOD), ["train.epoch=3"])
+    assert info.value.field == "--set train.epoch"
+
+
+def test_circular_include(tmp_path: Path, data_dir: Path) -> None:
+    write(tmp_path, "include: [b.yaml]\nsearch: {}\n", "a.yaml")
+    write(tmp_path, "include: [a.yaml]\nsearch: {}\n", "b.yaml")
+    with pytest.raises(SweepConfigError, match="circular include"):
+        load_sweep(write(tmp_path, GOOD + "include: [a.yaml]\n"))
+
+
+def test_synth_data_may_be_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = GOOD.replace("data: {train: d/train.json, val: d/val.json, images: d/images}",
+                        "data: {train: s/train.json, val: s/val.json, images: s/images, synth: {images: 8}}")
+    sweep = load_sweep(write(tmp_path, text))
+    assert sweep.spec.data.synth.images == 8
+
+
+def test_grid_search_counts_points(tmp_path: Path, data_dir: Path) -> None:
+    text = GOOD.replace("{loguniform: [1.0e-4, 1.0e-2]}", "{grid: [0.001, 0.01, 0.1]}") \
+        .replace("{choice: [2, 4]}", "{grid: [2, 4]}") + "search_alg: {name: grid}\n"
+    sweep = load_sweep(write(tmp_path, text), ["budget.num_samples=2"])
+    assert sweep.num_trials == 3 * 2 * 2
