@@ -130,7 +130,11 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             raise SweepConfigError(sweep.file, None, f"{exp_dir} holds a sweep named {sweep.name!r} "
                                    "made from a different configuration; relaunch with --fresh "
                                    "(the old one is kept beside it) or choose another `name`")
-        parent_run_id = state["parent_run_id"] if state else tracking.start_sweep_run(sweep, chash)
+        if state:
+            parent_run_id = state["parent_run_id"]
+            tracking.reopen_sweep_run(spec.tracking.uri, parent_run_id)
+        else:
+            parent_run_id = tracking.start_sweep_run(sweep, chash)
         print(f"continuing sweep {sweep.name!r} from {exp_dir}")
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False)
     else:
@@ -178,8 +182,7 @@ def _summarize(sweep: Sweep, results, exp_dir: str, parent_run_id: str, resumed:
             failed += 1
         elif stopped_early(r.metrics, sweep.max_t):
             stopped += 1
-        elif r.metrics and (r.metrics.get("done") or r.metrics.get("epoch") == r.metrics.get("epochs_total")
-                            or r.metrics.get("epoch", 0) >= sweep.max_t):
+        elif r.metrics and r.metrics.get("epoch", 0) >= min(r.metrics.get("epochs_total", sweep.max_t), sweep.max_t):
             finished += 1
     interrupted = finished + stopped + failed < sweep.num_trials
     best = None

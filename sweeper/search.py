@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def stopped_early(result: dict[str, Any] | None, max_t: int) -> bool:
-    """A trial that ended (no error) before its planned epochs and before `max_t` was stopped."""
+    """A trial that ended (no error) before its planned epochs and before `max_t` was stopped.
+
+    Ray marks the last result `done` both when a trial returns and when a scheduler stops it,
+    so the epoch count is what tells them apart.
+    """
     if not result:
-        return False
-    if result.get("done"):
         return False
     epoch = result.get("epoch")
     planned = min(result.get("epochs_total") or max_t, max_t)

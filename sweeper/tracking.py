@@ -77,6 +77,13 @@ def start_sweep_run(sweep: Sweep, config_hash: str) -> str:
     return run.info.run_id
 
 
+def reopen_sweep_run(uri: str, run_id: str) -> None:
+    """Mark a launch's parent run as running again when the sweep is continued."""
+    c = client(uri)
+    c.update_run(run_id, status="RUNNING")
+    c.set_tag(run_id, "sweeper.status", "running")
+
+
 def finish_sweep_run(uri: str, run_id: str, best: dict[str, Any] | None, status: str) -> None:
     """Record the best trial on the parent run and close it (FINISHED or KILLED when interrupted)."""
     from mlflow.entities import Metric, RunTag

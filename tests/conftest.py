@@ -8,6 +8,7 @@ the reference checks can never be skipped silently.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,27 @@ def shared_fixtures() -> Path:
             pytest.fail(f"{reason}; CI must provide them", pytrace=False)
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_ray_and_hub() -> Iterator[None]:
+    """Keep Ray's files and auth token in a temp dir and never reach for a model hub.
+
+    RAY_TMPDIR must stay short: Ray puts unix sockets under it (107-character limit).
+    """
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = ray_tmp
+    import secrets
+
+    token = Path(ray_tmp) / "auth_token"  # Ray 2.60 wants the file to exist when the path is set
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    yield
+    import shutil
+
+    shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -186,7 +186,7 @@ class DetectionTask:
             loss = sum(loss_dict.values())
             value = float(loss.detach())
             if not math.isfinite(value):
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
                 raise NonFiniteLossError(
                     f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})"
                 )
