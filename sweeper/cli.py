@@ -215,6 +215,9 @@ def render_rows(rows: list[dict[str, Any]], columns: list[str], fmt: Fmt, title:
 def _print_board(uri: str, name: str, top: int | None, fmt: Fmt, all_launches: bool = False) -> None:
     from sweeper import tracking
 
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        _fail(LookupError(f"no MLflow store at {uri[len('sqlite:///'):]}: run from the directory you "
+                          "launched in, or pass --tracking-uri"))
     try:
         board = tracking.leaderboard(uri, name, top=top, all_launches=all_launches)
     except LookupError as exc:

@@ -118,6 +118,19 @@ def test_non_finite_loss_raises_with_epoch_and_step(data: dict) -> None:
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1/2: non-finite training loss nan"):
         task.train_one_epoch(1)
 
+    # exploded weights can break the forward pass before any loss exists
+    def broken(images, targets):
+        raise RuntimeError("matcher failed")
+
+    task.model.forward = broken
+    with pytest.raises(RuntimeError, match="matcher failed") as info:  # finite weights: a real bug
+        task.train_one_epoch(1)
+    assert not isinstance(info.value, NonFiniteLossError)
+    with torch.no_grad():
+        next(task.model.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1/2: model weights are NaN/inf"):
+        task.train_one_epoch(2)
+
 
 def test_state_dict_round_trip_continues_identically(data: dict) -> None:
     config = make_config(data, arch="faster_rcnn")

@@ -1,0 +1,100 @@
+"""The command line: exit codes, error messages without tracebacks, eval and data commands."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sweeper.cli import app
+
+runner = CliRunner()
+
+SWEEP = """
+name: cli
+task: detection
+data: {train: d/train.json, val: d/val.json, images: d/images, synth: {images: 8, size: 64}}
+base: {model: {backbone: resnet18}}
+search: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}
+objective: {metric: map50}
+budget: {num_samples: 2}
+"""
+
+
+@pytest.fixture()
+def sweep_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "cli.yaml"
+    path.write_text(SWEEP)
+    return path
+
+
+def test_bad_sweep_exits_2_with_one_message(sweep_file: Path) -> None:
+    sweep_file.write_text(SWEEP.replace("num_samples", "num_sampels"))
+    res = runner.invoke(app, ["launch", str(sweep_file)])
+    assert res.exit_code == 2
+    assert f"{sweep_file}: budget.num_sampels: unknown key (did you mean 'num_samples'?)" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_debug_shows_the_traceback(sweep_file: Path) -> None:
+    sweep_file.write_text(SWEEP.replace("num_samples", "num_sampels"))
+    res = runner.invoke(app, ["--debug", "launch", str(sweep_file)])
+    assert res.exit_code != 0 and res.exception is not None
+
+
+def test_validate_checks_timm_backbones(sweep_file: Path) -> None:
+    assert runner.invoke(app, ["validate", str(sweep_file)]).exit_code == 0
+    sweep_file.write_text(SWEEP.replace("backbone: resnet18", "backbone: resnet_18"))
+    res = runner.invoke(app, ["validate", str(sweep_file)])
+    assert res.exit_code == 2
+    assert "base.model.backbone" in res.output and "resnet18" in res.output
+    sweep_file.write_text(SWEEP.replace("base: {model: {backbone: resnet18}}", "base: {}"))
+    res = runner.invoke(app, ["validate", str(sweep_file), "--set", "search.model.backbone={choice: [resnet18, resnett50]}"])
+    assert res.exit_code == 2 and "search.model.backbone" in res.output and "resnett50" in res.output
+
+
+def test_dry_run_prints_the_plan(sweep_file: Path) -> None:
+    res = runner.invoke(app, ["launch", str(sweep_file), "--dry-run", "--set", "train.epochs=4"])
+    assert res.exit_code == 0, res.output
+    assert "train.lr" in res.output and "loguniform [0.0001, 0.01]" in res.output
+    assert "train.epochs                   │ 4" in res.output or "train.epochs" in res.output
+    assert "2 trials, at most 8 trial-epochs" in res.output
+
+
+def test_data_synth(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["data", "synth", "--task", "detection", "--out", str(tmp_path / "s"), "--images", "8",
+                              "--size", "64"])
+    assert res.exit_code == 0, res.output
+    train = json.loads((tmp_path / "s" / "train.json").read_text())
+    assert len(train["categories"]) >= 3 and train["images"]
+
+
+def test_eval_reproduces_the_coco_fixture(shared_fixtures: Path) -> None:
+    d = shared_fixtures / "coco_fake100"
+    res = runner.invoke(app, ["eval", "--task", "detection", "--gt", str(d / "instances_val2014_100.json"),
+                              "--pred", str(d / "instances_val2014_fakebbox100_results.json"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.output)
+    assert metrics["map"] == pytest.approx(0.5045806987249628, abs=1e-12)
+    assert metrics["map50"] == pytest.approx(0.6969727247299577, abs=1e-12)
+    assert metrics["ar_large"] == pytest.approx(0.5642905982905982, abs=1e-12)
+    assert "ap/person" in metrics
+    table = runner.invoke(app, ["eval", "--gt", str(d / "instances_val2014_100.json"),
+                                "--pred", str(d / "instances_val2014_fakebbox100_results.json")])
+    assert table.exit_code == 0 and "map50" in table.output and "0.6970" in table.output
+
+
+def test_eval_bad_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "gt.json").write_text("{not json")
+    (tmp_path / "p.json").write_text("[]")
+    res = runner.invoke(app, ["eval", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "p.json")])
+    assert res.exit_code == 2 and "gt.json" in res.output
+
+
+def test_leaderboard_unknown_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["leaderboard", "nope"])
+    assert res.exit_code == 2 and "no MLflow store" in res.output
+    assert not (tmp_path / "mlruns.db").exists()  # looking must not create a store

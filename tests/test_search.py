@@ -1,0 +1,87 @@
+"""The searcher wrapper: ASHA-stopped trials reach Optuna as PRUNED, fed fabricated results."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeper.config import load_sweep
+from sweeper.search import PrunedAwareOptunaSearch, build_sampler, stopped_early
+from sweeper.spaces import parse_space, to_optuna
+
+State = optuna.trial.TrialState
+
+
+def make_searcher(mode: str = "max") -> PrunedAwareOptunaSearch:
+    space = to_optuna([parse_space("train.lr", {"loguniform": [1e-4, 1e-1]})])
+    return PrunedAwareOptunaSearch(space=space, metric="map50", mode=mode,
+                                   sampler=optuna.samplers.TPESampler(seed=0), max_t=6)
+
+
+def result(epoch: int, value: float, total: int = 6) -> dict:
+    return {"epoch": epoch, "epochs_total": total, "map50": value, "training_iteration": epoch, "done": True}
+
+
+@pytest.mark.parametrize("res, expected", [
+    (result(2, 0.1), True),                 # ASHA stopped it at epoch 2 of 6 (Ray also says done)
+    (result(6, 0.4), False),                # ran its course
+    (result(3, 0.4, total=3), False),       # a trial whose own epochs were 3
+    ({"epoch": 6, "epochs_total": 10}, False),  # reached max_t (6) before its epochs
+    (None, False),
+])
+def test_stopped_early(res: dict | None, expected: bool) -> None:
+    assert stopped_early(res, max_t=6) is expected
+
+
+def test_stopped_trials_are_pruned_and_finished_ones_complete() -> None:
+    s = make_searcher()
+    params = [s.suggest(f"t{i}") for i in range(3)]
+    assert all(0 < p["train.lr"] < 0.1 for p in params)
+    for epoch in range(1, 7):
+        s.on_trial_result("t0", result(epoch, 0.1 * epoch))
+    s.on_trial_complete("t0", result(6, 0.6))
+    s.on_trial_result("t1", result(1, 0.05))
+    s.on_trial_result("t1", result(2, 0.07))
+    s.on_trial_complete("t1", result(2, 0.07))  # ASHA's stop at the epoch-2 rung
+    s.on_trial_complete("t2", None, error=True)
+    trials = {t.number: t for t in s.study.get_trials(deepcopy=False)}
+    assert trials[0].state == State.COMPLETE and trials[0].value == pytest.approx(0.6)
+    assert trials[0].intermediate_values == {e: pytest.approx(0.1 * e) for e in range(1, 7)}
+    assert trials[1].state == State.PRUNED
+    assert trials[1].intermediate_values == {1: 0.05, 2: 0.07}
+    assert trials[2].state == State.FAIL
+    s.on_trial_complete("t1", result(2, 0.07))  # a duplicate completion changes nothing
+    assert s.study.get_trials(deepcopy=False)[1].state == State.PRUNED
+
+
+def test_plain_ray_optuna_search_would_record_a_stop_as_complete() -> None:
+    """Why the wrapper exists: Ray's own class tells Optuna the low-budget score is final."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = to_optuna([parse_space("train.lr", {"loguniform": [1e-4, 1e-1]})])
+    s = OptunaSearch(space=space, metric="map50", mode="max", sampler=optuna.samplers.TPESampler(seed=0))
+    s.suggest("t1")
+    s.on_trial_result("t1", result(2, 0.07))
+    s.on_trial_complete("t1", result(2, 0.07))
+    assert s._ot_study.get_trials()[0].state == State.COMPLETE
+
+
+def test_samplers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = """
+name: s
+task: detection
+data: {train: a.json, val: b.json, images: i, synth: {}}
+search: {train.lr: {grid: [0.1, 0.01]}}
+objective: {metric: map}
+search_alg: {name: grid}
+budget: {num_samples: 1}
+"""
+    (tmp_path / "s.yaml").write_text(text)
+    sweep = load_sweep(tmp_path / "s.yaml")
+    assert isinstance(build_sampler(sweep), optuna.samplers.GridSampler)
+    sweep = load_sweep(tmp_path / "s.yaml", ["search_alg.name=random", "search.train.lr={choice: [0.1, 0.01]}"])
+    assert isinstance(build_sampler(sweep), optuna.samplers.RandomSampler)
+    sweep = load_sweep(tmp_path / "s.yaml", ["search_alg.name=optuna", "search.train.lr={choice: [0.1, 0.01]}"])
+    assert isinstance(build_sampler(sweep), optuna.samplers.TPESampler)
