@@ -465,6 +465,9 @@ def _check_search(file: Path, spec: SweepFile, base_model: type[BaseModel], base
 
 def _check_eval_grid(file: Path, spec: SweepFile, base_model: type[BaseModel], base: dict[str, Any]) -> None:
     allowed = TASK_EVAL_GRID_KEYS.get(spec.task, ())
+    if spec.eval_grid and (spec.objective.mode != "max" or spec.objective.metric.startswith("train/")):
+        raise SweepConfigError(file, "eval_grid", "the grid point is chosen by the objective, so it needs "
+                               "an evaluation metric with mode max (e.g. map50)")
     for key, values in spec.eval_grid.items():
         field = f"eval_grid.{key}"
         if key not in allowed:
@@ -480,8 +483,8 @@ def _check_eval_grid(file: Path, spec: SweepFile, base_model: type[BaseModel], b
 
 def metric_known(task: str, metric: str, eval_grid: bool = False) -> bool:
     """Whether `task` reports `metric` (used to check the objective before anything runs)."""
-    if eval_grid and metric.endswith("@default"):
-        metric = metric[: -len("@default")]
+    if eval_grid and metric.startswith("default/"):
+        metric = metric[len("default/"):]
     return metric in TASK_METRICS[task] or metric.startswith(TASK_METRIC_PREFIXES.get(task, ()))
 
 
@@ -517,5 +520,5 @@ def trial_config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     cfg["task"] = sweep.spec.task
     cfg["data"] = sweep.spec.data.model_dump()
     cfg["eval_grid"] = dict(sweep.spec.eval_grid)
-    cfg["objective_metric"] = sweep.spec.objective.metric.removesuffix("@default")
+    cfg["objective_metric"] = sweep.spec.objective.metric.removeprefix("default/")
     return cfg

@@ -91,7 +91,7 @@ def test_eval_grid_scores_each_point_from_one_forward_pass(data: dict) -> None:
     task.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
     metrics = task.evaluate()
     assert len(calls) == len(task.val_loader)  # one pass over the val set, not one per grid point
-    assert set(metrics) == METRIC_KEYS | {"best/post.score_thresh", "best/post.max_dets", "map@default"}
+    assert set(metrics) == METRIC_KEYS | {"best/post.score_thresh", "best/post.max_dets", "default/map"}
     assert metrics["best/post.score_thresh"] in (0.2, 0.0, 0.5) and metrics["best/post.max_dets"] in (1, 100)
     # the chosen point's numbers equal a plain evaluation at that point, and beat the default
     plain = copy.deepcopy(config)
@@ -102,7 +102,7 @@ def test_eval_grid_scores_each_point_from_one_forward_pass(data: dict) -> None:
     assert direct.evaluate() == {k: v for k, v in metrics.items() if k in METRIC_KEYS}
     direct_default = DetectionTask({**config, "eval_grid": {}})
     direct_default.model.load_state_dict(task.model.state_dict())
-    assert metrics["map@default"] == direct_default.evaluate()["map"] <= metrics["map"]
+    assert metrics["default/map"] == direct_default.evaluate()["map"] <= metrics["map"]
     with pytest.raises(ValueError, match=r"eval_grid\.post\.nms_iou: only"):
         DetectionTask({**config, "eval_grid": {"post.nms_iou": [0.5]}})
 

@@ -13,7 +13,7 @@ Contract (see :class:`sweeper.tasks.Task`)
   ``eval_grid`` (``post.score_thresh`` and/or ``post.max_dets``) the model runs once, at the
   loosest setting, and every grid point filters those detections: the metrics of the best point
   for the objective (``config["objective_metric"]``, default ``map``, higher is better) are
-  returned, plus ``best/<key>`` for each grid key and ``<objective>@default`` (score at ``post``).
+  returned, plus ``best/<key>`` for each grid key and ``default/<objective>`` (score at ``post``; MLflow forbids "@" in metric names).
 * ``state_dict()``/``load_state_dict()`` carry model, optimizer, scheduler, GradScaler and the
   python/numpy/torch RNG states: a restored task continues exactly as the original would have.
   The data order is a function of (seed, epoch), so it needs no state of its own.
@@ -287,7 +287,7 @@ class DetectionTask:
                 best_point, best = point, metrics
         result = dict(best)
         result.update({f"best/{k}": float(best_point[k]) for k in keys})
-        result[f"{objective}@default"] = default[objective]
+        result[f"default/{objective}"] = default[objective]
         return result
 
     # ---------------------------------------------------------------- checkpointing
