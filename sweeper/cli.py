@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,8 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 DEFAULT_TRACKING = "sqlite:///mlruns.db"
+#: metrics the leaderboard table shows beside the objective (json/csv carry all of them)
+KEY_METRICS = ("map", "map50", "map_small", "hmean", "train/loss")
 
 
 class Fmt(str, Enum):
@@ -183,8 +186,11 @@ def validate(
 
 # --------------------------------------------------------------------------- leaderboard
 def _fmt(value: Any) -> str:
+    """Metrics with 4 decimals; params (strings in MLflow) that are floats with 4 significant digits."""
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, str) and re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?|-?\d+(\.\d+)?e-?\d+", value):
+        return f"{float(value):.4g}"
     return "" if value is None else str(value)
 
 
@@ -224,8 +230,12 @@ def _print_board(uri: str, name: str, top: int | None, fmt: Fmt, all_launches: b
         _fail(exc)
     rows = board["rows"]
     fixed = ["trial", "status", "epoch", board["objective"], *board["searched"]]
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in fixed + ["error", "run_id"]]
-    columns = fixed + extra[:6] + ["error"]
+    present = set(k for r in rows for k in r)
+    extra = [k for k in KEY_METRICS if k in present and k not in fixed]
+    extra += sorted(k for k in present if k.startswith("best/") and k not in fixed)
+    columns = fixed + extra + ["error"]
+    if fmt == Fmt.csv:  # for scripts: every metric
+        columns = fixed + sorted(present - set(fixed) - {"error", "run_id"}) + ["error", "run_id"]
     if fmt == Fmt.json:
         print(json.dumps(board, indent=2, default=str))
         return

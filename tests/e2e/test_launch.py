@@ -122,7 +122,7 @@ def test_leaderboard_order_matches_metrics(finished_sweep) -> None:  # noqa: ANN
     assert md.splitlines()[0].startswith("| trial | status | epoch | train/loss | train.lr")
     assert len(md.strip().splitlines()) == 4
     csv_out = run_cli(["leaderboard", "asha", "--format", "csv"], cwd, timeout=60).stdout
-    assert len(csv_out.strip().splitlines()) == 5
+    assert len(csv_out.strip().splitlines()) == 5 and "map_small" in csv_out.splitlines()[0]
 
 
 def test_interrupted_sweep_relaunch_does_not_duplicate_runs(tmp_path: Path) -> None:
