@@ -193,12 +193,20 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
         run_id = self.run_id(trial)
-        error = trial.get_error()
-        message = str(error) if error else "unknown error"
+        message = _trial_error_text(trial)
         self.c.set_tag(run_id, "sweeper.status", "failed")
         self.c.set_tag(run_id, "sweeper.error", _last_line(message)[:5000])
         self.c.log_text(run_id, message, "error.txt")
         self.c.set_terminated(run_id, "FAILED")
+
+
+def _trial_error_text(trial) -> str:  # noqa: ANN001
+    """The trial's traceback: Ray writes it beside the driver's copy of the trial first."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    error = trial.get_error()
+    return str(error) if error else "unknown error (no error file from Ray)"
 
 
 def _last_line(message: str) -> str:
