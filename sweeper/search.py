@@ -66,9 +66,17 @@ def build_sampler(sweep: Sweep):  # noqa: ANN201
     """The Optuna sampler named by `search_alg`, seeded."""
     import optuna
 
+    class TellOnlyGridSampler(optuna.samplers.GridSampler):
+        """GridSampler calls `study.stop()` once the grid is done, which raises outside
+        `study.optimize` (Ray drives the study with ask/tell) and loses that last `tell`.
+        Tune's `num_samples` already ends the sweep, so the stop is skipped."""
+
+        def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+            return None
+
     alg = sweep.spec.search_alg
     if alg.name == "grid":
-        return optuna.samplers.GridSampler(grid_values(sweep.dimensions), seed=alg.seed)
+        return TellOnlyGridSampler(grid_values(sweep.dimensions), seed=alg.seed)
     if alg.name == "random":
         return optuna.samplers.RandomSampler(seed=alg.seed)
     return optuna.samplers.TPESampler(seed=alg.seed)

@@ -85,3 +85,27 @@ budget: {num_samples: 1}
     assert isinstance(build_sampler(sweep), optuna.samplers.RandomSampler)
     sweep = load_sweep(tmp_path / "s.yaml", ["search_alg.name=optuna", "search.train.lr={choice: [0.1, 0.01]}"])
     assert isinstance(build_sampler(sweep), optuna.samplers.TPESampler)
+
+
+def test_grid_sampler_survives_ask_tell_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna's GridSampler calls study.stop() after the last point, which raises under ask/tell."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.yaml").write_text("""
+name: g
+task: detection
+data: {train: a.json, val: b.json, images: i, synth: {}}
+search: {train.lr: {grid: [0.1, 0.01, 0.001]}}
+objective: {metric: map}
+search_alg: {name: grid, seed: 0}
+budget: {num_samples: 1}
+""")
+    sweep = load_sweep(tmp_path / "g.yaml")
+    study = optuna.create_study(sampler=build_sampler(sweep), direction="maximize")
+    dist = to_optuna(sweep.dimensions)
+    seen = set()
+    for _ in range(3):
+        trial = study.ask(fixed_distributions=dist)
+        seen.add(trial.params["train.lr"])
+        study.tell(trial, 0.5)
+    assert seen == {0.1, 0.01, 0.001}
+    assert [t.state for t in study.trials] == [State.COMPLETE] * 3
