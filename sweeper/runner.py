@@ -61,7 +61,8 @@ def _init_ray(address: str | None, sweep: Sweep) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     # A local Ray sized to this machine; the dashboard is not needed to run a sweep.
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
+    # address="local": always a fresh local instance, never a stale cluster left in ray_current_cluster
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}})
 
 

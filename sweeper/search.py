@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -49,8 +50,6 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not error and stopped_early(result, self._max_t) and trial_id not in self._completed_trials:
-            import optuna
-
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
@@ -62,18 +61,17 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         return self._ot_study
 
 
+class TellOnlyGridSampler(optuna.samplers.GridSampler):
+    """GridSampler calls `study.stop()` once the grid is done, which raises outside
+    `study.optimize` (Ray drives the study with ask/tell) and loses that last `tell`.
+    Tune's `num_samples` already ends the sweep, so the stop is skipped."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+        return None
+
+
 def build_sampler(sweep: Sweep):  # noqa: ANN201
     """The Optuna sampler named by `search_alg`, seeded."""
-    import optuna
-
-    class TellOnlyGridSampler(optuna.samplers.GridSampler):
-        """GridSampler calls `study.stop()` once the grid is done, which raises outside
-        `study.optimize` (Ray drives the study with ask/tell) and loses that last `tell`.
-        Tune's `num_samples` already ends the sweep, so the stop is skipped."""
-
-        def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
-            return None
-
     alg = sweep.spec.search_alg
     if alg.name == "grid":
         return TellOnlyGridSampler(grid_values(sweep.dimensions), seed=alg.seed)

@@ -109,3 +109,26 @@ budget: {num_samples: 1}
         study.tell(trial, 0.5)
     assert seen == {0.1, 0.01, 0.001}
     assert [t.state for t in study.trials] == [State.COMPLETE] * 3
+
+
+def test_searcher_with_every_sampler_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune saves the searcher into the experiment state; an unpicklable sampler kills the sweep."""
+    import pickle
+
+    from sweeper.search import build_searcher
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("""
+name: p
+task: detection
+data: {train: a.json, val: b.json, images: i, synth: {}}
+search: {train.lr: {choice: [0.1, 0.01]}}
+objective: {metric: map}
+budget: {num_samples: 2}
+""")
+    for alg in ("optuna", "random", "grid"):
+        sweep = load_sweep(tmp_path / "p.yaml", [f"search_alg.name={alg}"])
+        searcher = build_searcher(sweep, max_concurrent=2)
+        searcher.suggest("t1")
+        searcher.save(str(tmp_path / f"{alg}.pkl"))
+        assert pickle.loads(pickle.dumps(searcher.searcher.study.sampler)).__class__.__name__
