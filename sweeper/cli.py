@@ -147,13 +147,12 @@ def launch(
     try:
         tasks.prepare_data(sweep)
         sweep = load_sweep(sweep_file, set_)  # data now exists; check it like any other sweep
-        tasks.check_sweep(sweep)
     except SweepConfigError as exc:
         _fail(exc)
     from sweeper import runner
 
     try:
-        outcome = runner.launch(sweep, address=address, fresh=fresh)
+        outcome = runner.launch(sweep, address=address, fresh=fresh, preflight=lambda: tasks.check_sweep(sweep))
     except SweepConfigError as exc:
         _fail(exc)
     console.print(f"\n[bold]{outcome.name}[/]: {outcome.finished} finished, {outcome.stopped} stopped early "

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sweeper.config import Sweep
 
@@ -98,8 +98,14 @@ def _read_state(exp_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, verbose: int = 1) -> Outcome:
-    """Run (or continue) the sweep to completion; returns counts and the best trial."""
+def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, verbose: int = 1,
+           preflight: Callable[[], None] | None = None) -> Outcome:
+    """Run (or continue) the sweep to completion; returns counts and the best trial.
+
+    `preflight` holds checks that need heavy imports (the task's libraries, ~6 s of torch,
+    torchvision and timm imports): they run while Ray starts, and no trial is dispatched
+    unless they pass.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -120,9 +126,11 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     # Creating a new sqlite store runs MLflow's migrations (~4 s): overlap them with Ray's start.
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
+        checked = pool.submit(preflight or (lambda: None))
         store_ready = pool.submit(tracking.get_or_create_experiment, spec.tracking.uri, sweep.name)
         _init_ray(address, sweep)
+        checked.result()  # a bad sweep raises here, before any trial exists
         store_ready.result()
     check_resources(sweep)
     trainable = tune.with_resources(

@@ -98,3 +98,14 @@ def test_leaderboard_unknown_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     res = runner.invoke(app, ["leaderboard", "nope"])
     assert res.exit_code == 2 and "no MLflow store" in res.output
     assert not (tmp_path / "mlruns.db").exists()  # looking must not create a store
+
+
+def test_dry_run_imports_neither_torch_nor_ray(sweep_file: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from sweeper.cli import app; "
+            f"r = CliRunner().invoke(app, ['launch', {str(sweep_file)!r}, '--dry-run']); "
+            "print(r.exit_code, sorted(m for m in ('torch', 'ray', 'mlflow', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0 []"
