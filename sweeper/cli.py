@@ -251,9 +251,9 @@ def leaderboard(
     all_launches: bool = typer.Option(False, "--all", help="Include trials of earlier launches."),
 ) -> None:
     """Trials of a sweep from MLflow, best objective first."""
-    from sweeper.config import _resolve_tracking_uri
+    from sweeper.config import resolve_tracking_uri
 
-    _print_board(_resolve_tracking_uri(tracking_uri, Path.cwd()), name, top, fmt, all_launches)
+    _print_board(resolve_tracking_uri(tracking_uri, Path.cwd()), name, top, fmt, all_launches)
 
 
 # --------------------------------------------------------------------------- eval, data

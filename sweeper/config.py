@@ -1,4 +1,4 @@
-"""Sweep files: schema, loading, `include:`, `--set` overrides, path resolution, validation.
+"""Sweep files: loading, `include:`, `--set` overrides, path resolution, validation.
 
 A sweep file is validated once, here, before anything heavy starts; every mistake becomes a
 `SweepConfigError` naming the file and the dotted field::
@@ -23,11 +23,20 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from sweeper.schema import (
+    TASK_BASES,
+    TASK_EVAL_GRID_KEYS,
+    TASK_METRIC_PREFIXES,
+    TASK_METRICS,
+    DataConfig,
+    SweepFile,
+    Tracking,
+)
 from sweeper.spaces import Dimension, SpaceError, grid_size, grid_values, parse_search
 
 
@@ -40,146 +49,6 @@ class SweepConfigError(ValueError):
         if field:
             where += f": {field}"
         super().__init__(f"{where}: {message}")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --------------------------------------------------------------------------- task parameters
-class DetectionModel(Strict):
-    arch: Literal["faster_rcnn", "retinanet"] = Field("faster_rcnn", description="torchvision detector")
-    backbone: str = Field("resnet18", description="timm model name (features_only)")
-    pretrained: bool = Field(False, description="load backbone weights from `weights` (never downloads)")
-    weights: str | None = Field(None, description="local .pth/.safetensors backbone weights")
-    fpn_channels: int = Field(256, ge=8, description="FPN width (channels)")
-    anchor_sizes: list[int] | None = Field(None, description="px per FPN level; default 4 x stride")
-    box_batch_size_per_image: int = Field(128, ge=1, description="Faster R-CNN ROIs sampled per image")
-
-
-class DetectionTrain(Strict):
-    epochs: int = Field(12, ge=1, description="epochs per trial (ASHA's time unit)")
-    batch_size: int = Field(4, ge=1, description="images per step")
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0, description="peak learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW: beta1)")
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="per-iteration LR schedule after warmup")
-    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup length, epochs")
-    lr_steps: list[float] = Field([0.67, 0.89], description="step schedule milestones, fractions of epochs")
-    lr_gamma: float = Field(0.1, gt=0, description="step schedule factor")
-    resolution: int = Field(512, ge=32, description="longest side in px; images padded to a square")
-    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
-    seed: int = Field(0, description="seeds python, numpy, torch and the data order")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
-    amp: bool = Field(True, description="mixed precision + channels_last, on CUDA only")
-    max_train_images: int | None = Field(None, ge=1, description="use only the first N training images")
-
-
-class DetectionPost(Strict):
-    score_thresh: float = Field(0.05, ge=0, le=1, description="drop detections below this score")
-    nms_iou: float = Field(0.5, gt=0, le=1, description="NMS IoU threshold")
-    max_dets: int = Field(100, ge=1, description="detections kept per image")
-
-
-class DetectionBase(Strict):
-    model: DetectionModel = DetectionModel()
-    train: DetectionTrain = DetectionTrain()
-    post: DetectionPost = DetectionPost()
-
-
-#: per task: the schema of `base`, the metrics it reports, the keys `eval_grid` may sweep.
-TASK_BASES: dict[str, type[Strict]] = {"detection": DetectionBase}
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "detection": (
-        "map", "map50", "map75", "map_small", "map_medium", "map_large",
-        "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large",
-        "train/loss",
-    ),
-}
-TASK_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {"detection": ("ap/",)}
-TASK_EVAL_GRID_KEYS: dict[str, tuple[str, ...]] = {"detection": ("post.score_thresh", "post.max_dets")}
-
-
-# --------------------------------------------------------------------------- sweep schema
-class SynthData(Strict):
-    images: int = Field(96, ge=4, description="images to generate (train + val)")
-    size: int = Field(128, ge=32, description="image side, px")
-    seed: int = Field(0, description="generator seed")
-
-
-class DataConfig(Strict):
-    format: Literal["coco"] = Field("coco", description="annotation format")
-    train: str = Field(description="training annotation file")
-    val: str = Field(description="validation annotation file")
-    images: str = Field(description="directory the annotation file names are relative to")
-    synth: SynthData | None = Field(None, description="generate synthetic data here if missing")
-
-
-class Objective(Strict):
-    metric: str = Field(description="metric to optimise, as the task reports it")
-    mode: Literal["max", "min"] = "max"
-
-
-class SearchAlg(Strict):
-    name: Literal["optuna", "random", "grid"] = Field("optuna", description="optuna = model-based sampler")
-    sampler: Literal["tpe"] = Field("tpe", description="Optuna sampler for name: optuna")
-    seed: int | None = Field(0, description="sampler seed; null = random")
-
-
-class Scheduler(Strict):
-    name: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
-    reduction_factor: float = Field(3, gt=1, description="keep 1/reduction_factor at each rung")
-    max_t: int | None = Field(None, ge=1, description="epochs; default train.epochs")
-    brackets: int = Field(1, ge=1, description="ASHA brackets")
-
-
-class Budget(Strict):
-    num_samples: int = Field(8, ge=1, description="trials to run (grid: passes over the grid)")
-    max_concurrent: int | None = Field(None, ge=1, description="trials at once; default what fits")
-    max_failures: int = Field(0, ge=0, description="retries of a failed trial, from its checkpoint")
-
-
-class Resources(Strict):
-    cpu: float = Field(1, gt=0, description="CPUs per trial (also its torch threads)")
-    gpu: float = Field(0, ge=0, description="GPUs per trial; fractions share a GPU")
-
-    @field_validator("gpu")
-    @classmethod
-    def _whole_if_above_one(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError("a trial may use a fraction of one GPU or whole GPUs, not e.g. 1.5")
-        return v
-
-
-class Tracking(Strict):
-    uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI")
-
-
-class SweepFile(Strict):
-    name: str = Field(description="sweep name: MLflow experiment and Ray experiment directory")
-    task: str = Field(description="registered task")
-    data: DataConfig
-    base: dict[str, Any] = Field(default_factory=dict, description="fixed trial settings")
-    include: list[str] = Field(default_factory=list, description="search-space fragments")
-    search: dict[str, Any] = Field(default_factory=dict, description="dotted key -> space")
-    eval_grid: dict[str, list[Any]] = Field(default_factory=dict, description="inference-time knobs")
-    objective: Objective
-    search_alg: SearchAlg = SearchAlg()
-    scheduler: Scheduler = Scheduler()
-    budget: Budget = Budget()
-    resources: Resources = Resources()
-    tracking: Tracking = Tracking()
-    storage: str = Field("runs", description="Ray results root (local path or URI)")
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' (it names directories)")
-        return v
 
 
 class Sweep(BaseModel):
@@ -340,7 +209,7 @@ def _resolve_path(value: str, cwd: Path) -> str:
     return str((cwd / Path(value).expanduser()).resolve())
 
 
-def _resolve_tracking_uri(uri: str, cwd: Path) -> str:
+def resolve_tracking_uri(uri: str, cwd: Path) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str((cwd / uri[len("sqlite:///"):]).resolve())
     if "://" not in uri:  # a plain directory (file store)
@@ -418,7 +287,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     spec = spec.model_copy(update={
         "data": DataConfig.model_validate(data),
         "storage": _resolve_path(spec.storage, cwd),
-        "tracking": Tracking(uri=_resolve_tracking_uri(spec.tracking.uri, cwd)),
+        "tracking": Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd)),
     })
     raw = copy.deepcopy(doc)
     raw.pop("include", None)

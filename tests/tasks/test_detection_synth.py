@@ -42,7 +42,7 @@ def ds256(tmp_path_factory) -> dict:
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = make_synthetic_coco(tmp_path / "a", images=12, seed=3)
     b = make_synthetic_coco(tmp_path / "b", images=12, seed=3)
-    c = make_synthetic_coco(tmp_path / "c", images=12, seed=4)
+    make_synthetic_coco(tmp_path / "c", images=12, seed=4)
     files_a, files_b, files_c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
     assert len(files_a) == 12 + 2 and files_a == files_b
     assert {k: v for k, v in a.items() if k not in ("train", "val", "images")} == \
