@@ -125,16 +125,20 @@ def _post_kwargs(post: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {prefix + dst: post[src] for src, dst in names.items() if post.get(src) is not None}
 
 
+def _transform_kwargs(body: nn.Module, resolution: int) -> dict[str, Any]:
+    """The detector's own transform: no second resize (inputs are already resolution x
+    resolution), normalisation with the backbone's mean/std."""
+    return {"min_size": resolution, "max_size": resolution,
+            "image_mean": list(body.pretrained_cfg["mean"]), "image_std": list(body.pretrained_cfg["std"])}
+
+
 def _faster_rcnn(model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]) -> nn.Module:
     body, loaded = _create_body(model_cfg, num_levels=4)
     backbone = TimmFPNBackbone(body, int(model_cfg.get("fpn_channels", 256)), LastLevelMaxPool(), num_extra=1)
     return FasterRCNN(
         backbone,
         num_classes=num_classes,
-        min_size=resolution,
-        max_size=resolution,
-        image_mean=list(body.pretrained_cfg["mean"]),
-        image_std=list(body.pretrained_cfg["std"]),
+        **_transform_kwargs(body, resolution),
         rpn_anchor_generator=_anchors(model_cfg, backbone.strides),
         rpn_post_nms_top_n_test=RPN_POST_NMS_TOP_N_TEST,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=backbone.level_names, output_size=7, sampling_ratio=2),
@@ -150,10 +154,7 @@ def _retinanet(model_cfg: Mapping[str, Any], num_classes: int, resolution: int, 
     return RetinaNet(
         backbone,
         num_classes=num_classes,
-        min_size=resolution,
-        max_size=resolution,
-        image_mean=list(body.pretrained_cfg["mean"]),
-        image_std=list(body.pretrained_cfg["std"]),
+        **_transform_kwargs(body, resolution),
         anchor_generator=_anchors(model_cfg, backbone.strides),
         **_post_kwargs(post, ""),
     ), loaded
