@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 
 from sweeper.tasks import NonFiniteLossError
 from sweeper.tasks.detection.coco_eval import STAT_NAMES
-from sweeper.tasks.detection.task import DetectionTask, lr_factor_fn
+from sweeper.tasks.detection.task import DetectionTask
+from sweeper.tasks.training import lr_factor_fn
 
 CATEGORIES = [{"id": 4, "name": "red"}, {"id": 9, "name": "blue"}]
 COLOURS = {4: (230, 30, 30), 9: (30, 30, 230)}

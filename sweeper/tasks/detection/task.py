@@ -28,9 +28,7 @@ Usage::
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,57 +38,20 @@ import torch
 from torch import nn
 
 from sweeper.tasks import NonFiniteLossError
+from sweeper.tasks.training import (
+    best_over_grid,
+    build_optimizer,
+    build_scheduler,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from sweeper.tasks.detection.coco_eval import evaluate_coco, load_coco_gt
 from sweeper.tasks.detection.data import CocoDetection, make_loader, set_loader_epoch, to_original_coords
 from sweeper.tasks.detection.model import build_model, set_postprocess
 
 #: eval_grid keys that can be scored from one forward pass (filters on kept detections).
 GRID_KEYS = ("post.score_thresh", "post.max_dets")
-#: the LR at the first warmup step, as a fraction of train.lr (torchvision's recipe uses 0.001).
-WARMUP_START_FACTOR = 0.001
-
-
-def lr_factor_fn(
-    schedule: str, total_iters: int, warmup_iters: int, milestones: list[float], gamma: float
-) -> Any:
-    """Multiplier of train.lr at iteration ``i`` (0-based), for ``LambdaLR``.
-
-    Linear warmup from WARMUP_START_FACTOR over ``warmup_iters``; then cosine from 1 to 0 over
-    the remaining iterations, or x``gamma`` at each milestone (fractions of ``total_iters``),
-    or constant.
-    """
-    if schedule not in ("cosine", "step", "constant"):
-        raise ValueError(f"train.schedule: unknown schedule {schedule!r}; known: cosine, step, constant")
-    steps = sorted(int(round(m * total_iters)) for m in milestones)
-
-    def factor(i: int) -> float:
-        if i < warmup_iters:
-            return WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * i / warmup_iters
-        if schedule == "cosine":
-            t = (i - warmup_iters) / max(1, total_iters - warmup_iters)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-        if schedule == "step":
-            return gamma ** sum(i >= s for s in steps)
-        return 1.0
-
-    return factor
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on biases and norm scales: decaying them only fights the normalisation.
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 class DetectionTask:
     """One trial's detector, data and optimizer; see the module docstring for the contract."""
 
@@ -107,7 +68,7 @@ class DetectionTask:
         self.use_amp = self.use_cuda and bool(train.get("amp", True))
         self.grid = self._parse_grid(config.get("eval_grid") or {})
         self.objective = str(config.get("objective_metric", "map"))
-        _seed_everything(self.seed)
+        seed_everything(self.seed)
 
         res = int(train.get("resolution", 512))
         self.train_ds = CocoDetection(
@@ -127,23 +88,8 @@ class DetectionTask:
         if self.use_cuda:
             self.model.to(memory_format=torch.channels_last)
 
-        lr, wd = float(train.get("lr", 0.01)), float(train.get("weight_decay", 1e-4))
-        groups = _param_groups(self.model, wd)
-        opt = train.get("optimizer", "sgd")
-        if opt == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(train.get("momentum", 0.9)))
-        elif opt == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=lr)
-        else:
-            raise ValueError(f"train.optimizer: unknown optimizer {opt!r}; known: sgd, adamw")
-        iters = len(self.train_loader)
-        total = max(1, int(train.get("epochs", 12)) * iters)
-        warmup = min(total, int(round(float(train.get("warmup_epochs", 1.0)) * iters)))
-        factor = lr_factor_fn(
-            train.get("schedule", "cosine"), total, warmup,
-            list(train.get("lr_steps") or []), float(train.get("lr_gamma", 0.1)),
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.optimizer = build_optimizer(self.model, train)
+        self.scheduler = build_scheduler(self.optimizer, train, len(self.train_loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.grad_clip = train.get("grad_clip")
 
@@ -268,34 +214,15 @@ class DetectionTask:
                 cache[key] = evaluate_coco(self.val_gt, self._coco_results(preds, *key))
             return cache[key]
 
-        default = score(self.post["score_thresh"], self.post["max_dets"])
-        if not self.grid:
-            return dict(default)
-        objective = self.objective
-        if objective not in default and objective.startswith("val/"):
-            objective = objective.removeprefix("val/")
-        if objective not in default:
-            raise ValueError(f"objective_metric: {self.objective!r} is not a detection metric; known: {', '.join(default)}")
-
-        keys = list(self.grid)
-        best_point, best = None, None
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            point = {"post.score_thresh": self.post["score_thresh"], "post.max_dets": self.post["max_dets"]}
-            point.update(zip(keys, values))
-            metrics = score(point["post.score_thresh"], point["post.max_dets"])
-            if best is None or metrics[objective] > best[objective]:
-                best_point, best = point, metrics
-        result = dict(best)
-        result.update({f"best/{k}": float(best_point[k]) for k in keys})
-        result[f"default/{objective}"] = default[objective]
-        return result
+        objective = self.objective.removeprefix("val/")
+        defaults = {"post.score_thresh": self.post["score_thresh"], "post.max_dets": self.post["max_dets"]}
+        return best_over_grid(self.grid, defaults, lambda p: score(p["post.score_thresh"], p["post.max_dets"]),
+                              objective)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
         """A deep copy (training on does not change it) of everything needed to continue."""
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if self.use_cuda:
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = get_rng_state(self.use_cuda)
         return copy.deepcopy({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -311,9 +238,4 @@ class DetectionTask:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"].cpu())
-        if self.use_cuda and "cuda" in rng:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(state["rng"], self.use_cuda)

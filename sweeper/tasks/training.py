@@ -1,0 +1,133 @@
+"""Training pieces every task shares: seeding, optimizer, per-iteration LR schedule, RNG state,
+the non-finite-loss guard and the inference-time grid.
+
+Tasks build these from the `train.*` block of a trial config, so `train.optimizer`, `train.lr`,
+`train.schedule`, `train.warmup_epochs` ... mean the same for detection and DBNet::
+
+    seed_everything(cfg["train"]["seed"])
+    optimizer = build_optimizer(model, cfg["train"])
+    scheduler = build_scheduler(optimizer, cfg["train"], iters_per_epoch=len(loader))
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: the LR at the first warmup step, as a fraction of train.lr (torchvision's recipe uses 0.001).
+WARMUP_START_FACTOR = 0.001
+
+
+def lr_factor_fn(schedule: str, total_iters: int, warmup_iters: int, milestones: list[float],
+                 gamma: float) -> Callable[[int], float]:
+    """Multiplier of train.lr at iteration ``i`` (0-based), for ``LambdaLR``.
+
+    Linear warmup from WARMUP_START_FACTOR over ``warmup_iters``; then cosine from 1 to 0 over
+    the remaining iterations, or x``gamma`` at each milestone (fractions of ``total_iters``),
+    or constant.
+    """
+    if schedule not in ("cosine", "step", "constant"):
+        raise ValueError(f"train.schedule: unknown schedule {schedule!r}; known: cosine, step, constant")
+    steps = sorted(int(round(m * total_iters)) for m in milestones)
+
+    def factor(i: int) -> float:
+        if i < warmup_iters:
+            return WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * i / warmup_iters
+        if schedule == "cosine":
+            t = (i - warmup_iters) / max(1, total_iters - warmup_iters)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        if schedule == "step":
+            return gamma ** sum(i >= s for s in steps)
+        return 1.0
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (the data order has its own generator)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No decay on biases and norm scales: decaying them only fights the normalisation."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """`train.optimizer` (sgd | adamw) with `train.lr`, `train.momentum`, `train.weight_decay`."""
+    lr, wd = float(train.get("lr", 0.01)), float(train.get("weight_decay", 1e-4))
+    groups = param_groups(model, wd)
+    name = train.get("optimizer", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(train.get("momentum", 0.9)))
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"train.optimizer: unknown optimizer {name!r}; known: sgd, adamw")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: Mapping[str, Any],
+                    iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration schedule over `train.epochs` (stepped once per optimizer step)."""
+    total = max(1, int(train.get("epochs", 12)) * iters_per_epoch)
+    warmup = min(total, int(round(float(train.get("warmup_epochs", 1.0)) * iters_per_epoch)))
+    factor = lr_factor_fn(train.get("schedule", "cosine"), total, warmup,
+                          list(train.get("lr_steps") or []), float(train.get("lr_gamma", 0.1)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def get_rng_state(cuda: bool) -> dict[str, Any]:
+    """python/numpy/torch (and CUDA) RNG states, for a checkpoint that continues exactly."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if cuda:
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(rng: Mapping[str, Any], cuda: bool) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"].cpu())
+    if cuda and "cuda" in rng:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def grid_points(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of an `eval_grid` ({"post.box_thresh": [0.3, 0.5], ...}), in order."""
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def best_over_grid(grid: Mapping[str, list[Any]], defaults: Mapping[str, Any],
+                   score: Callable[[dict[str, Any]], dict[str, float]], objective: str) -> dict[str, float]:
+    """Score the `post` defaults and every grid point from one set of predictions.
+
+    Returns the metrics of the point best for `objective` (higher is better), `best/<key>` for
+    each grid key and `default/<objective>` (the value at the defaults). Without a grid: the
+    defaults' metrics. An objective the scores do not contain is an error, not a silent pick.
+    """
+    default = score(dict(defaults))
+    if not grid:
+        return dict(default)
+    if objective not in default:
+        raise ValueError(f"objective_metric: {objective!r} is not an evaluation metric; known: {', '.join(default)}")
+    best_point, best = None, None
+    for point in grid_points(grid):
+        metrics = score({**defaults, **point})
+        if best is None or metrics[objective] > best[objective]:
+            best_point, best = point, metrics
+    result = dict(best)
+    result.update({f"best/{k}": float(v) for k, v in best_point.items()})
+    result[f"default/{objective}"] = default[objective]
+    return result
