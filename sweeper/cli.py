@@ -259,20 +259,24 @@ def leaderboard(
 # --------------------------------------------------------------------------- eval, data
 @app.command("eval")
 def eval_(
-    task: str = typer.Option("detection", "--task", help="Task whose metrics to compute."),
-    gt: Path = typer.Option(..., "--gt", help="COCO ground-truth JSON."),
-    pred: Path = typer.Option(..., "--pred", help="COCO results JSON: [{image_id, category_id, bbox, score}]."),
+    task: str = typer.Option("detection", "--task", help="detection (COCO) or dbnet (text polygons)."),
+    gt: Path = typer.Option(..., "--gt", help="Ground truth: COCO JSON; dbnet: folder/zip of gt_<name>.txt or UFO JSON."),
+    pred: Path = typer.Option(..., "--pred", help="Predictions: COCO results JSON; dbnet: folder/zip of <name>.txt or UFO JSON."),
+    metric: str = typer.Option("icdar15", "--metric", help="dbnet only: icdar15, cleval or cleval_per_image."),
     fmt: EvalFmt = typer.Option(EvalFmt.table, "--format", help="table or json."),
 ) -> None:
     """Score a predictions file with exactly the evaluator a sweep uses."""
-    if task != "detection":
-        _fail(ValueError(f"--task: unknown task {task!r}; known: detection"))
-    from sweeper.tasks.detection.coco_eval import CocoFormatError, evaluate_coco, load_coco_gt, load_detections
+    if task == "detection":
+        from sweeper.tasks.detection.coco_eval import CocoFormatError, evaluate_coco, load_coco_gt, load_detections
 
-    try:
-        metrics = evaluate_coco(load_coco_gt(gt), load_detections(pred))
-    except CocoFormatError as exc:
-        _fail(exc)
+        try:
+            metrics = evaluate_coco(load_coco_gt(gt), load_detections(pred))
+        except CocoFormatError as exc:
+            _fail(exc)
+    elif task == "dbnet":
+        metrics = _eval_text(gt, pred, metric)
+    else:
+        _fail(ValueError(f"--task: unknown task {task!r}; known: detection, dbnet"))
     if fmt == EvalFmt.json:
         print(json.dumps(metrics, indent=2))
         return
@@ -280,20 +284,38 @@ def eval_(
     print(render_rows(rows, ["metric", "value"], Fmt.table, f"{pred.name} vs {gt.name}"))
 
 
+def _eval_text(gt: Path, pred: Path, metric: str) -> dict[str, float]:
+    from sweeper.tasks.dbnet.hmean import TextEvalFormatError, icdar15_hmean, load_text_eval_pairs
+
+    fns = {"icdar15": icdar15_hmean}
+    if metric in ("cleval", "cleval_per_image"):
+        from sweeper.tasks.dbnet import cleval
+
+        fns = {"cleval": cleval.cleval, "cleval_per_image": cleval.cleval_per_image}
+    if metric not in fns:
+        _fail(ValueError(f"--metric: unknown metric {metric!r}; known: icdar15, cleval, cleval_per_image"))
+    try:
+        result = fns[metric](load_text_eval_pairs(gt, pred))
+    except TextEvalFormatError as exc:
+        _fail(exc)
+    return {k: float(result[k]) for k in ("precision", "recall", "hmean")}
+
+
 @data_app.command("synth")
 def data_synth(
-    task: str = typer.Option("detection", "--task", help="Dataset kind."),
+    task: str = typer.Option("detection", "--task", help="detection (COCO shapes) or dbnet (UFO receipts)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     images: int = typer.Option(96, "--images", help="Images (train + val)."),
-    size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels (dbnet: 256 is a good start)."),
     seed: int = typer.Option(0, "--seed", help="Generator seed (same seed, same files)."),
 ) -> None:
-    """Write a deterministic synthetic dataset (COCO JSON + PNG images)."""
-    if task != "detection":
-        _fail(ValueError(f"--task: unknown task {task!r}; known: detection"))
-    from sweeper.tasks.detection.synth import make_synthetic_coco
+    """Write a deterministic synthetic dataset (train.json, val.json, images/)."""
+    from sweeper.tasks import synthesize
 
-    info = make_synthetic_coco(out, images=images, size=size, seed=seed)
+    try:
+        info = synthesize(task, out, images=images, size=size, seed=seed)
+    except KeyError as exc:
+        _fail(ValueError(f"--task: {exc.args[0]}"))
     console.print(json.dumps(info, indent=2, default=str), highlight=False)
 
 

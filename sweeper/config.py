@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sweeper.schema import (
     TASK_BASES,
+    TASK_DATA_FORMATS,
     TASK_EVAL_GRID_KEYS,
     TASK_METRIC_PREFIXES,
     TASK_METRICS,
@@ -265,6 +266,10 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     except ValidationError as exc:
         _raise_validation(file, exc, base_model, prefix="base.")
 
+    formats = TASK_DATA_FORMATS[spec.task]
+    if spec.data.format is not None and spec.data.format not in formats:
+        raise SweepConfigError(file, "data.format", f"task {spec.task!r} reads {' or '.join(formats)}, "
+                               f"not {spec.data.format!r}")
     dims = _check_search(file, spec, base_model, base)
     _check_eval_grid(file, spec, base_model, base)
     _check_objective(file, spec)
@@ -272,14 +277,17 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
 
     # paths become absolute: trials run elsewhere
     data = spec.data.model_dump()
+    data["format"] = data["format"] or formats[0]
     for key in ("train", "val", "images"):
         data[key] = _resolve_path(data[key], cwd)
     if check_data and spec.data.synth is None:
         for key in ("train", "val", "images"):
             if not Path(data[key]).exists():
                 raise SweepConfigError(file, f"data.{key}", f"{data[key]} does not exist; point it at "
-                                       "your dataset (--set data.train=... data.val=... data.images=...) "
-                                       "or add `data: {synth: {}}` to generate synthetic data there")
+                                       "your dataset (--set data.train=... --set data.val=... --set "
+                                       "data.images=...), make synthetic data there (sweeper data synth "
+                                       f"--task {spec.task} --out DIR), or add `data: {{synth: {{}}}}` "
+                                       "to generate it on first launch")
     if base["model"].get("weights"):
         base["model"]["weights"] = _resolve_path(base["model"]["weights"], cwd)
         if check_data and not Path(base["model"]["weights"]).is_file():

@@ -60,17 +60,75 @@ class DetectionBase(Strict):
     post: DetectionPost = DetectionPost()
 
 
+class DBNetModel(Strict):
+    backbone: str = Field("resnet18", description="timm model name (features_only)")
+    decoder: Literal["unet", "fpn"] = Field("unet", description="U-Net (receipt baseline) or FPN (DBNet paper)")
+    pretrained: bool = Field(False, description="load backbone weights from `weights` (never downloads)")
+    weights: str | None = Field(None, description="local .pth/.safetensors backbone weights")
+    channels: int = Field(64, ge=8, description="decoder width")
+    k: float = Field(50.0, gt=0, description="differentiable-binarization steepness")
+
+
+class DBNetTrain(DetectionTrain):
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    warmup_epochs: float = Field(0.5, ge=0, description="linear warmup length, epochs")
+    resolution: int = Field(640, ge=32, description="longest side in px; images padded to a square")
+    hflip: float = Field(0.0, ge=0, le=1, description="probability of a horizontal flip (text reads badly mirrored)")
+
+
+class DBNetLabels(Strict):
+    shrink_ratio: float = Field(0.4, gt=0, lt=1, description="r in D = A(1 - r^2)/L")
+    thresh_min: float = Field(0.3, ge=0, le=1, description="threshold map far from the border")
+    thresh_max: float = Field(0.7, ge=0, le=1, description="threshold map on the border")
+    min_text_size: int = Field(8, ge=1, description="px; shorter text is excluded from the loss")
+
+
+class DBNetLoss(Strict):
+    prob: float = Field(5.0, ge=0, description="weight of balanced BCE on the probability map")
+    thresh: float = Field(10.0, ge=0, description="weight of masked L1 on the threshold map")
+    binary: float = Field(1.0, ge=0, description="weight of dice on the approximate binary map")
+    ohem_ratio: float = Field(3.0, gt=0, description="hard negatives kept per positive pixel")
+
+
+class DBNetPost(Strict):
+    thresh: float = Field(0.3, gt=0, lt=1, description="binarise the probability map at this value")
+    box_thresh: float = Field(0.4, ge=0, le=1, description="drop boxes whose mean probability is lower")
+    unclip_ratio: float = Field(1.5, gt=0, description="expand shrunk boxes by D' = A * ratio / L")
+    max_candidates: int = Field(500, ge=1, description="contours considered per image")
+    min_size: int = Field(3, ge=1, description="px; shorter boxes are dropped")
+    mode: Literal["box", "polygon"] = Field("box", description="quads (minAreaRect) or polygons")
+
+
+class DBNetEval(Strict):
+    metric: Literal["icdar15", "cleval", "cleval_per_image"] = Field("icdar15", description="Hmean protocol")
+
+
+class DBNetBase(Strict):
+    model: DBNetModel = DBNetModel()
+    train: DBNetTrain = DBNetTrain()
+    labels: DBNetLabels = DBNetLabels()
+    loss: DBNetLoss = DBNetLoss()
+    post: DBNetPost = DBNetPost()
+    eval: DBNetEval = DBNetEval()
+
+
 #: per task: the schema of `base`, the metrics it reports, the keys `eval_grid` may sweep.
-TASK_BASES: dict[str, type[Strict]] = {"detection": DetectionBase}
+TASK_BASES: dict[str, type[Strict]] = {"detection": DetectionBase, "dbnet": DBNetBase}
+TASK_DATA_FORMATS: dict[str, tuple[str, ...]] = {"detection": ("coco",), "dbnet": ("ufo", "icdar2015")}
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "detection": (
         "map", "map50", "map75", "map_small", "map_medium", "map_large",
         "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large",
         "train/loss",
     ),
+    "dbnet": ("precision", "recall", "hmean", "train/loss"),
 }
 TASK_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {"detection": ("ap/",)}
-TASK_EVAL_GRID_KEYS: dict[str, tuple[str, ...]] = {"detection": ("post.score_thresh", "post.max_dets")}
+TASK_EVAL_GRID_KEYS: dict[str, tuple[str, ...]] = {
+    "detection": ("post.score_thresh", "post.max_dets"),
+    "dbnet": ("post.thresh", "post.box_thresh", "post.unclip_ratio", "post.max_candidates", "post.min_size"),
+}
 
 
 # --------------------------------------------------------------------------- sweep schema
@@ -81,9 +139,10 @@ class SynthData(Strict):
 
 
 class DataConfig(Strict):
-    format: Literal["coco"] = Field("coco", description="annotation format")
-    train: str = Field(description="training annotation file")
-    val: str = Field(description="validation annotation file")
+    format: Literal["coco", "ufo", "icdar2015"] | None = Field(
+        None, description="coco (detection); ufo or icdar2015 (dbnet); default: the task's first")
+    train: str = Field(description="training annotations: a COCO/UFO JSON file or an ICDAR-2015 gt folder")
+    val: str = Field(description="validation annotations, like `train`")
     images: str = Field(description="directory the annotation file names are relative to")
     synth: SynthData | None = Field(None, description="generate synthetic data here if missing")
 

@@ -109,3 +109,48 @@ def test_dry_run_imports_neither_torch_nor_ray(sweep_file: Path) -> None:
             "print(r.exit_code, sorted(m for m in ('torch', 'ray', 'mlflow', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0 []"
+
+
+@pytest.mark.parametrize("metric, hmean", [("icdar15", 0.9134026630381961), ("cleval", 0.977989360950786),
+                                           ("cleval_per_image", 0.965508315610499)])
+def test_eval_dbnet_reproduces_the_receipt_fixture(shared_fixtures: Path, metric: str, hmean: float) -> None:
+    d = shared_fixtures / "cleval_receipts_kr"
+    res = runner.invoke(app, ["eval", "--task", "dbnet", "--metric", metric, "--gt", str(d / "gt_eval_doc_v1_kr.zip"),
+                              "--pred", str(d / "res_eval_doc_v1_kr.zip"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert set(out) == {"precision", "recall", "hmean"}
+    assert out["hmean"] == pytest.approx(hmean, abs=1e-9)
+
+
+def test_eval_dbnet_unknown_metric_exits_2(shared_fixtures: Path) -> None:
+    d = shared_fixtures / "cleval_receipts_kr"
+    res = runner.invoke(app, ["eval", "--task", "dbnet", "--metric", "deteval", "--gt", str(d / "gt_eval_doc_v1_kr.zip"),
+                              "--pred", str(d / "res_eval_doc_v1_kr.zip")])
+    assert res.exit_code == 2 and "--metric" in res.output
+
+
+def test_data_synth_dbnet_and_dbnet_sweep_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["data", "synth", "--task", "dbnet", "--out", "r", "--images", "4", "--size", "96"])
+    assert res.exit_code == 0, res.output
+    ufo = json.loads((tmp_path / "r" / "train.json").read_text())
+    assert ufo["images"]
+    sweep = tmp_path / "d.yaml"
+    sweep.write_text("name: d\ntask: dbnet\ndata: {train: r/train.json, val: r/val.json, images: r/images}\n"
+                     "search: {post.box_thresh: {uniform: [0.3, 0.6]}}\nobjective: {metric: hmean}\n")
+    assert runner.invoke(app, ["validate", str(sweep)]).exit_code == 0
+    bad = runner.invoke(app, ["validate", str(sweep), "--set", "data.format=coco"])
+    assert bad.exit_code == 2 and "data.format" in bad.output and "ufo or icdar2015" in bad.output
+    bad = runner.invoke(app, ["validate", str(sweep), "--set", "objective.metric=map50"])
+    assert bad.exit_code == 2 and "hmean" in bad.output
+
+
+def test_dbnet_sweep_without_data_says_how_to_get_some(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    repo_sweep = Path(__file__).resolve().parents[1] / "sweeps" / "dbnet.yaml"
+    res = runner.invoke(app, ["launch", str(repo_sweep)])
+    assert res.exit_code == 2
+    assert "data.train" in res.output and "sweeper data synth --task dbnet" in res.output
+    dry = runner.invoke(app, ["launch", str(repo_sweep), "--dry-run"])
+    assert dry.exit_code == 0 and "post.box_thresh" in dry.output

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 #: task name -> "module:Class"; imported only when a trial (or `sweeper validate`) needs it.
 TASKS: dict[str, str] = {
     "detection": "sweeper.tasks.detection.task:DetectionTask",
+    "dbnet": "sweeper.tasks.dbnet.task:DBNetTask",
 }
 
 
@@ -56,7 +57,7 @@ def check_sweep(sweep: Any) -> None:
     """Checks that need the task's libraries (timm names); run before Ray starts, not in --dry-run."""
     from sweeper.config import SweepConfigError
 
-    if sweep.spec.task == "detection":
+    if sweep.spec.task in ("detection", "dbnet"):
         from sweeper.tasks.detection.model import check_backbone
 
         names = {("base.model.backbone", sweep.base["model"]["backbone"])}
@@ -85,9 +86,19 @@ def prepare_data(sweep: Any, log: Any = print) -> None:
         if Path(getattr(data, key)) != path:
             raise SweepConfigError(sweep.file, f"data.{key}", f"with data.synth the dataset is generated "
                                    f"as {out}/{{train.json,val.json,images}}; expected {path}")
-    if sweep.spec.task == "detection":
+    log(f"generating synthetic {sweep.spec.task} data in {out} ({data.synth.images} images, "
+        f"{data.synth.size} px, seed {data.synth.seed}) ...")
+    synthesize(sweep.spec.task, out, images=data.synth.images, size=data.synth.size, seed=data.synth.seed)
+
+
+def synthesize(task: str, out: Any, *, images: int, size: int, seed: int) -> dict[str, Any]:
+    """Write a synthetic dataset for `task`: COCO shapes (detection) or UFO receipts (dbnet)."""
+    if task == "detection":
         from sweeper.tasks.detection.synth import make_synthetic_coco
 
-        log(f"generating synthetic detection data in {out} ({data.synth.images} images, "
-            f"{data.synth.size} px, seed {data.synth.seed}) ...")
-        make_synthetic_coco(out, images=data.synth.images, size=data.synth.size, seed=data.synth.seed)
+        return make_synthetic_coco(out, images=images, size=size, seed=seed)
+    if task == "dbnet":
+        from sweeper.tasks.dbnet.synth import make_synthetic_receipts
+
+        return make_synthetic_receipts(out, images=images, size=size, seed=seed)
+    raise KeyError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")

@@ -1,0 +1,153 @@
+"""DBNet: a timm backbone, a U-Net or FPN decoder and the differentiable-binarization head.
+
+Contract: ``build_dbnet(model_cfg) -> DBNet``; ``DBNet(images)`` returns a dict of (B, 1, H, W)
+maps at the input resolution:
+
+* ``prob_logits`` / ``prob``: the text (shrink) probability map P, before and after sigmoid;
+* ``thresh``: the threshold map T (sigmoid), trained towards the [0.3, 0.7] border map;
+* ``binary``: the approximate binary map B = 1 / (1 + exp(-k (P - T))), k = ``model.k`` (50).
+
+At inference only ``prob`` is used by post-processing; ``thresh``/``binary`` exist for the loss.
+
+* ``model.decoder: unet`` merges the backbone levels top-down with upsampling + concatenation +
+  convs (the Upstage receipt baseline's shape); ``fpn`` uses torchvision's
+  FeaturePyramidNetwork and concatenates every level upsampled to the finest one (DBNet paper).
+* ``model.channels`` is the decoder width; ``model.weights`` loads local backbone weights through
+  timm (never a download); backbones are timm names, created with ``features_only``.
+
+Usage::
+
+    model = build_dbnet({"backbone": "resnet18", "decoder": "unet", "channels": 64, "k": 50})
+    out = model(torch.zeros(2, 3, 256, 256))      # out["prob"].shape == (2, 1, 256, 256)
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+
+DECODERS = ("unet", "fpn")
+
+
+def _conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def create_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """timm `features_only` backbone; local weights via `pretrained_cfg_overlay`, never downloaded."""
+    name = model_cfg.get("backbone", "resnet18")
+    weights = model_cfg.get("weights")
+    if model_cfg.get("pretrained") and not weights:
+        raise ValueError("model.pretrained: true needs model.weights (a local file); sweeper never downloads weights")
+    kwargs: dict[str, Any] = {"features_only": True}
+    if weights:
+        if not Path(weights).is_file():
+            raise ValueError(f"model.weights: {weights} not found")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+    body = timm.create_model(name, **kwargs)
+    return body
+
+
+class UNetDecoder(nn.Module):
+    """Top-down: upsample the coarser map, concatenate the skip level, two 3x3 convs."""
+
+    def __init__(self, in_channels: list[int], channels: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(_conv(c, channels, 1) for c in in_channels)
+        self.fuse = nn.ModuleList(nn.Sequential(_conv(2 * channels, channels), _conv(channels, channels))
+                                  for _ in in_channels[:-1])
+        self.out_channels = channels
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = self.lateral[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            skip = self.lateral[i](feats[i])
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = self.fuse[i](torch.cat([x, skip], dim=1))
+        return x
+
+
+class FPNDecoder(nn.Module):
+    """FPN, then every level upsampled to the finest and concatenated (the DBNet paper's neck)."""
+
+    def __init__(self, in_channels: list[int], channels: int) -> None:
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(in_channels, channels)
+        per_level = max(channels // 4, 8)
+        self.smooth = nn.ModuleList(_conv(channels, per_level) for _ in in_channels)
+        self.merge = _conv(per_level * len(in_channels), channels)
+        self.out_channels = channels
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        pyramid = list(self.fpn({str(i): f for i, f in enumerate(feats)}).values())
+        size = pyramid[0].shape[-2:]
+        ups = [F.interpolate(s(p), size=size, mode="nearest") for s, p in zip(self.smooth, pyramid)]
+        return self.merge(torch.cat(ups, dim=1))
+
+
+class DBHead(nn.Module):
+    """Two branches (probability, threshold): conv, then two stride-2 transposed convs back to
+    full resolution when the decoder works at stride 4."""
+
+    def __init__(self, channels: int, upscale: int) -> None:
+        super().__init__()
+        self.prob = self._branch(channels, upscale)
+        self.thresh = self._branch(channels, upscale)
+
+    @staticmethod
+    def _branch(channels: int, upscale: int) -> nn.Sequential:
+        mid = max(channels // 4, 8)
+        layers: list[nn.Module] = [_conv(channels, mid)]
+        steps = max(0, upscale.bit_length() - 1)  # log2(upscale) transposed convs
+        for i in range(steps):
+            last = i == steps - 1
+            layers.append(nn.ConvTranspose2d(mid, 1 if last else mid, 2, stride=2))
+            if not last:
+                layers += [nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+        if steps == 0:
+            layers.append(nn.Conv2d(mid, 1, 1))
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prob(x), self.thresh(x)
+
+
+class DBNet(nn.Module):
+    """Backbone + decoder + DB head; outputs at the input resolution."""
+
+    def __init__(self, backbone: nn.Module, decoder: str, channels: int, k: float) -> None:
+        super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"model.decoder: unknown decoder {decoder!r}; known: {', '.join(DECODERS)}")
+        self.backbone = backbone
+        info = backbone.feature_info
+        in_channels, strides = info.channels(), info.reduction()
+        self.decoder = (UNetDecoder if decoder == "unet" else FPNDecoder)(in_channels, channels)
+        self.head = DBHead(channels, upscale=int(strides[0]))
+        self.k = float(k)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`images`: (B, 3, H, W), already normalised by the dataset (ImageNet mean/std)."""
+        feats = self.backbone(images)
+        x = self.decoder(list(feats))
+        prob_logits, thresh_logits = self.head(x)
+        size = images.shape[-2:]
+        if prob_logits.shape[-2:] != size:
+            prob_logits = F.interpolate(prob_logits, size=size, mode="bilinear", align_corners=False)
+            thresh_logits = F.interpolate(thresh_logits, size=size, mode="bilinear", align_corners=False)
+        prob = torch.sigmoid(prob_logits)
+        thresh = torch.sigmoid(thresh_logits)
+        binary = torch.sigmoid(self.k * (prob - thresh))  # differentiable binarization
+        return {"prob_logits": prob_logits, "prob": prob, "thresh": thresh, "binary": binary}
+
+
+def build_dbnet(model_cfg: Mapping[str, Any]) -> DBNet:
+    """Build DBNet from the `model` block of a trial config."""
+    return DBNet(create_backbone(model_cfg), model_cfg.get("decoder", "unet"),
+                 int(model_cfg.get("channels", 64)), float(model_cfg.get("k", 50)))

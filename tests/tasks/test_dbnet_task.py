@@ -1,0 +1,95 @@
+"""DBNet model and task as plain PyTorch: build/forward, one epoch, the one-forward eval grid,
+exact restore from a state dict, non-finite losses."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from sweeper.schema import DBNetBase
+from sweeper.tasks import NonFiniteLossError
+from sweeper.tasks.dbnet.model import build_dbnet
+from sweeper.tasks.dbnet.synth import make_synthetic_receipts
+from sweeper.tasks.dbnet.task import DBNetTask
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_100"])
+@pytest.mark.parametrize("decoder", ["unet", "fpn"])
+def test_build_and_forward(backbone: str, decoder: str) -> None:
+    model = build_dbnet({"backbone": backbone, "decoder": decoder, "channels": 16, "k": 50})
+    out = model(torch.randn(2, 3, 96, 64))
+    assert set(out) == {"prob_logits", "prob", "thresh", "binary"}
+    for v in out.values():
+        assert v.shape == (2, 1, 96, 64) and torch.isfinite(v).all()
+    expected = torch.sigmoid(50 * (out["prob"] - out["thresh"]))
+    assert torch.allclose(out["binary"], expected)
+
+
+def test_unknown_decoder_and_missing_weights(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="model.decoder"):
+        build_dbnet({"backbone": "resnet18", "decoder": "fpnn"})
+    with pytest.raises(ValueError, match="model.weights"):
+        build_dbnet({"backbone": "resnet18", "weights": str(tmp_path / "nope.pth")})
+
+
+def test_local_backbone_weights_are_loaded(tmp_path: Path) -> None:
+    src = timm.create_model("resnet18")
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    model = build_dbnet({"backbone": "resnet18", "weights": str(tmp_path / "r18.pth"), "pretrained": True})
+    assert torch.equal(model.backbone.conv1.weight, src.conv1.weight)
+
+
+@pytest.fixture(scope="module")
+def receipts(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return make_synthetic_receipts(tmp_path_factory.mktemp("r"), images=8, size=96, seed=0)
+
+
+def make_config(receipts: dict, **train) -> dict:
+    cfg = DBNetBase().model_dump()
+    cfg["model"].update(channels=8)
+    cfg["train"].update({"epochs": 2, "batch_size": 2, "resolution": 96, "warmup_epochs": 0, "lr": 3e-3, **train})
+    cfg.update(task="dbnet", data={"format": "ufo", "train": receipts["train"], "val": receipts["val"],
+                                   "images": receipts["images"]}, eval_grid={}, objective_metric="hmean")
+    return cfg
+
+
+def test_one_epoch_and_the_eval_grid_uses_one_forward_pass(receipts: dict) -> None:
+    cfg = make_config(receipts)
+    cfg["eval_grid"] = {"post.box_thresh": [0.3, 0.5], "post.thresh": [0.2, 0.3]}
+    task = DBNetTask(cfg)
+    metrics = task.train_one_epoch(1)
+    assert {"train/loss", "train/lr", "train/images_per_s", "train/loss_prob"} <= set(metrics)
+    calls = []
+    task.model.register_forward_hook(lambda *a: calls.append(1))
+    result = task.evaluate()
+    assert len(calls) == len(task.val_loader)  # 4 grid points, one pass
+    assert {"precision", "recall", "hmean", "best/post.box_thresh", "best/post.thresh", "default/hmean"} <= set(result)
+    assert all(0.0 <= result[k] <= 1.0 for k in ("precision", "recall", "hmean"))
+
+
+@pytest.mark.parametrize("metric", ["icdar15", "cleval", "cleval_per_image"])
+def test_every_metric_can_score_an_evaluation(receipts: dict, metric: str) -> None:
+    cfg = make_config(receipts)
+    cfg["eval"] = {"metric": metric}
+    result = DBNetTask(cfg).evaluate()
+    assert set(result) == {"precision", "recall", "hmean"}
+
+
+def test_state_dict_round_trip_continues_identically(receipts: dict) -> None:
+    a = DBNetTask(make_config(receipts))
+    a.train_one_epoch(1)
+    state = copy.deepcopy(a.state_dict())
+    loss_a = a.train_one_epoch(2)["train/loss"]
+    b = DBNetTask(make_config(receipts))
+    b.load_state_dict(state)
+    assert b.train_one_epoch(2)["train/loss"] == loss_a
+
+
+def test_non_finite_loss_raises(receipts: dict) -> None:
+    task = DBNetTask(make_config(receipts, lr=1e12, optimizer="sgd"))
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        for epoch in (1, 2):
+            task.train_one_epoch(epoch)
