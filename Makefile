@@ -25,6 +25,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/dbnet.py
 
 lock: install
 	(echo "# The working set used by 'make' (pip install -c constraints.txt). Regenerate: make lock"; \
