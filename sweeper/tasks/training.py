@@ -10,6 +10,7 @@ Tasks build these from the `train.*` block of a trial config, so `train.optimize
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -131,3 +132,51 @@ def best_over_grid(grid: Mapping[str, list[Any]], defaults: Mapping[str, Any],
     result.update({f"best/{k}": float(v) for k, v in best_point.items()})
     result[f"default/{objective}"] = default[objective]
     return result
+
+
+class Optimization:
+    """Optimizer, per-iteration LR schedule and AMP GradScaler of one task, stepped together.
+
+    Both tasks train the same way once they have a loss; this keeps the step (scaled backward,
+    optional clipping, scheduler tick) and the checkpointed state in one place.
+    """
+
+    def __init__(self, model: nn.Module, train: Mapping[str, Any], iters_per_epoch: int, *, amp: bool,
+                 cuda: bool) -> None:
+        self.model, self.cuda = model, cuda
+        self.optimizer = build_optimizer(model, train)
+        self.scheduler = build_scheduler(self.optimizer, train, iters_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.grad_clip = train.get("grad_clip")
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward (scaled under AMP), clip if `train.grad_clip`, optimizer and LR step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, scheduler, scaler and RNG states (a copy: training on does not change it)."""
+        return copy.deepcopy({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": get_rng_state(self.cuda),
+        })
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict` (possibly saved on another device)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], self.cuda)

@@ -21,7 +21,6 @@ Usage::
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Mapping
@@ -37,14 +36,7 @@ from sweeper.tasks.dbnet.hmean import TextSample, icdar15_hmean
 from sweeper.tasks.dbnet.loss import DBLoss
 from sweeper.tasks.dbnet.model import build_dbnet
 from sweeper.tasks.dbnet.postprocess import polygons_from_prob
-from sweeper.tasks.training import (
-    best_over_grid,
-    build_optimizer,
-    build_scheduler,
-    get_rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from sweeper.tasks.training import Optimization, best_over_grid, seed_everything
 
 POST_KEYS = ("thresh", "box_thresh", "unclip_ratio", "max_candidates", "min_size")
 
@@ -105,10 +97,8 @@ class DBNetTask:
 
         self.model = build_dbnet(config["model"]).to(self.device)
         self.loss = DBLoss(**config.get("loss", {}))
-        self.optimizer = build_optimizer(self.model, train)
-        self.scheduler = build_scheduler(self.optimizer, train, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.grad_clip = train.get("grad_clip")
+        self.opt = Optimization(self.model, train, len(self.train_loader), amp=self.use_amp,
+                                cuda=self.device.type == "cuda")
 
     # ---------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -128,15 +118,8 @@ class DBNetTask:
             if not math.isfinite(value):
                 parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "loss")
                 raise NonFiniteLossError(f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})")
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(losses["loss"]).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            lr = self.opt.lr
+            self.opt.step(losses["loss"])
             total += value
             n_images += images.shape[0]
             for k, v in losses.items():
@@ -187,17 +170,9 @@ class DBNetTask:
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (a copy: training on does not change it)."""
-        return copy.deepcopy({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": get_rng_state(self.device.type == "cuda"),
-        })
+        """Everything needed to continue exactly (see :class:`~sweeper.tasks.training.Optimization`)."""
+        return self.opt.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], self.device.type == "cuda")
+        """Restore a :meth:`state_dict` (possibly saved on another device)."""
+        self.opt.load_state_dict(state)

@@ -27,7 +27,6 @@ Usage::
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Mapping
@@ -35,17 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from sweeper.tasks import NonFiniteLossError
-from sweeper.tasks.training import (
-    best_over_grid,
-    build_optimizer,
-    build_scheduler,
-    get_rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from sweeper.tasks.training import Optimization, best_over_grid, seed_everything
 from sweeper.tasks.detection.coco_eval import evaluate_coco, load_coco_gt
 from sweeper.tasks.detection.data import CocoDetection, make_loader, set_loader_epoch, to_original_coords
 from sweeper.tasks.detection.model import build_model, set_postprocess
@@ -88,10 +79,7 @@ class DetectionTask:
         if self.use_cuda:
             self.model.to(memory_format=torch.channels_last)
 
-        self.optimizer = build_optimizer(self.model, train)
-        self.scheduler = build_scheduler(self.optimizer, train, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.grad_clip = train.get("grad_clip")
+        self.opt = Optimization(self.model, train, len(self.train_loader), amp=self.use_amp, cuda=self.use_cuda)
 
     @staticmethod
     def _parse_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -136,15 +124,8 @@ class DetectionTask:
                 raise NonFiniteLossError(
                     f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})"
                 )
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            lr = self.opt.lr
+            self.opt.step(loss)
             total += value
             n_images += len(images)
             for k, v in loss_dict.items():
@@ -221,21 +202,9 @@ class DetectionTask:
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """A deep copy (training on does not change it) of everything needed to continue."""
-        rng = get_rng_state(self.use_cuda)
-        return copy.deepcopy({
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-        })
+        """Everything needed to continue exactly (see :class:`~sweeper.tasks.training.Optimization`)."""
+        return self.opt.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (possibly saved on another device)."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], self.use_cuda)
+        self.opt.load_state_dict(state)
