@@ -51,7 +51,8 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=False)
+            # weights_only: a checkpoint is data, never code to run
+            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=True)
         task.load_state_dict(state["task"])
         start, best = state["epoch"] + 1, state.get("best_objective")
 

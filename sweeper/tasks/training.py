@@ -90,15 +90,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: Mapping[str, Any],
 
 def get_rng_state(cuda: bool) -> dict[str, Any]:
     """python/numpy/torch (and CUDA) RNG states, for a checkpoint that continues exactly."""
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state as tensors and plain numbers, so checkpoints load with weights_only=True
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    rng = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if cuda:
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
 
 
 def set_rng_state(rng: Mapping[str, Any], cuda: bool) -> None:
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    python = rng["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = rng["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(rng["torch"].cpu())
     if cuda and "cuda" in rng:
         torch.cuda.set_rng_state_all(rng["cuda"])
