@@ -215,6 +215,14 @@ def _check(sample: TextSample) -> None:
 
 
 # ----------------------------------------------------------------------------- ICDAR 2015
+def _prepare(s: TextSample) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Checked sample -> (GT geometries, detection geometries, GT don't-care flags, repaired count)."""
+    _check(s)
+    gt, bad_gt = _to_geoms(s.gt)
+    det, bad_det = _to_geoms(s.det)
+    return gt, det, np.asarray(s.gt_ignore, dtype=bool).reshape(-1), bad_gt + bad_det
+
+
 def icdar15_hmean(samples: Iterable[TextSample], iou_thr: float = 0.5, ignore_thr: float = 0.5) -> dict:
     """ICDAR-2015 IoU Hmean (RRC ch4 ``script.py``); see the module docstring for the rules.
 
@@ -225,11 +233,8 @@ def icdar15_hmean(samples: Iterable[TextSample], iou_thr: float = 0.5, ignore_th
     per_image: dict[str, dict] = {}
     matched_sum = gt_sum = det_sum = invalid = 0
     for s in samples:
-        _check(s)
-        gt, bad_gt = _to_geoms(s.gt)
-        det, bad_det = _to_geoms(s.det)
-        invalid += bad_gt + bad_det
-        ignore = np.asarray(s.gt_ignore, dtype=bool).reshape(-1)
+        gt, det, ignore, bad = _prepare(s)
+        invalid += bad
         gt_area, det_area = shapely.area(gt), shapely.area(det)
         gi, di, inter = _overlaps(gt, det)
 
@@ -270,11 +275,8 @@ def mmocr_hmean(samples: Iterable[TextSample], *, strategy: str = "vanilla",
         raise ValueError("score_thrs is empty")
     images, invalid = [], 0
     for s in samples:
-        _check(s)
-        gt, bad_gt = _to_geoms(s.gt)
-        det, bad_det = _to_geoms(s.det)
-        invalid += bad_gt + bad_det
-        ignore = np.asarray(s.gt_ignore, dtype=bool).reshape(-1)
+        gt, det, ignore, bad = _prepare(s)
+        invalid += bad
         scores = np.ones(len(det)) if s.det_scores is None else np.asarray(s.det_scores, dtype=np.float64)
         keep = scores >= thrs.min()
         det_area = shapely.area(det)
