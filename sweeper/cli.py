@@ -31,7 +31,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Hyperparameter and ablation sweeps for detection models on Ray Tune + Optuna + MLflow.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic data.")
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)  # paths and commands stay on one line, copy-pastable
 err_console = Console(stderr=True)
 DEFAULT_TRACKING = "sqlite:///mlruns.db"
 #: metrics the leaderboard table shows beside the objective (json/csv carry all of them)
@@ -142,16 +142,15 @@ def launch(
         print(_plan_table(sweep))
         console.print("dry run: nothing was started.")
         return
-    from sweeper import tasks
+    _run(sweep, sweep_file, address=address, fresh=fresh, continue_cmd=f"sweeper resume {sweep.experiment_dir}")
+
+
+def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, continue_cmd: str) -> None:
+    from sweeper import runner, tasks
 
     try:
         tasks.prepare_data(sweep)
-        sweep = load_sweep(sweep_file, set_)  # data now exists; check it like any other sweep
-    except SweepConfigError as exc:
-        _fail(exc)
-    from sweeper import runner
-
-    try:
+        sweep = load_sweep(sweep_file, list(sweep.overrides), cwd=sweep.cwd)  # data now exists: check it
         outcome = runner.launch(sweep, address=address, fresh=fresh, preflight=lambda: tasks.check_sweep(sweep))
     except SweepConfigError as exc:
         _fail(exc)
@@ -159,9 +158,34 @@ def launch(
                   f"by ASHA, {outcome.failed} failed of {outcome.num_trials} trials in {outcome.wall_s:.0f} s")
     _print_board(sweep.spec.tracking.uri, sweep.name, top=10, fmt=Fmt.table)
     if outcome.interrupted:
-        console.print(f"[yellow]interrupted[/]: relaunch to continue: sweeper launch {sweep_file}")
+        console.print(f"[yellow]interrupted[/]: to continue: {continue_cmd}", highlight=False)
         raise typer.Exit(130)
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {sweep.spec.tracking.uri}", highlight=False)
+
+
+@app.command()
+def resume(
+    run: str = typer.Argument(..., help="Experiment directory (runs/NAME) or sweep name under ./runs."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster ('auto' or host:port)."),
+) -> None:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from
+    their last checkpoint, MLflow runs continue in place."""
+    from sweeper import runner
+
+    try:
+        exp_dir, state = runner.find_experiment(run)
+    except LookupError as exc:
+        _fail(exc)
+    sweep_file = Path(state["sweep_file"])
+    if not sweep_file.is_file():
+        _fail(LookupError(f"{exp_dir}: the sweep file {sweep_file} it was launched from is gone"))
+    try:
+        sweep = load_sweep(sweep_file, state.get("overrides", []), cwd=state.get("cwd"))
+    except SweepConfigError as exc:
+        _fail(exc)
+    if Path(sweep.experiment_dir).resolve() != exp_dir:
+        _fail(LookupError(f"{exp_dir} does not match the sweep file's storage/name ({sweep.experiment_dir})"))
+    _run(sweep, sweep_file, address=address, fresh=False, continue_cmd=f"sweeper resume {run}")
 
 
 @app.command()

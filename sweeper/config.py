@@ -61,6 +61,8 @@ class Sweep(BaseModel):
     base: dict[str, Any]  # fully defaulted task parameters (nested)
     dimensions: list[Dimension]
     raw: dict[str, Any]  # the merged document after includes and overrides (logged to MLflow)
+    overrides: tuple[str, ...] = ()  # the --set arguments, kept so `sweeper resume` reloads the same sweep
+    cwd: Path = Path(".")  # the directory relative paths were resolved against
 
     @property
     def name(self) -> str:
@@ -299,7 +301,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     })
     raw = copy.deepcopy(doc)
     raw.pop("include", None)
-    return Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw)
+    return Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw, overrides=tuple(overrides or ()), cwd=cwd)
 
 
 def _check_value(file: Path, field: str, base_model: type[BaseModel], base: dict[str, Any],

@@ -98,6 +98,17 @@ def _read_state(exp_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def find_experiment(run_dir_or_name: str, storage: str = "runs") -> tuple[Path, dict[str, Any]]:
+    """`runs/NAME` (or just NAME under ./runs) -> (experiment dir, what launch recorded there)."""
+    for candidate in (Path(run_dir_or_name), Path(storage) / run_dir_or_name):
+        state = _read_state(candidate) if candidate.is_dir() else None
+        if state:
+            return candidate.resolve(), state
+    raise LookupError(f"no sweep experiment at {run_dir_or_name!r} (looked for {STATE_FILE} in "
+                      f"{run_dir_or_name} and {Path(storage) / run_dir_or_name}); pass the directory "
+                      "`sweeper launch` printed, e.g. runs/NAME")
+
+
 def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, verbose: int = 1,
            preflight: Callable[[], None] | None = None) -> Outcome:
     """Run (or continue) the sweep to completion; returns counts and the best trial.
@@ -184,7 +195,8 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     if local:
         Path(exp_dir).mkdir(parents=True, exist_ok=True)
         (Path(exp_dir) / STATE_FILE).write_text(json.dumps(
-            {"parent_run_id": parent_run_id, "config_hash": chash, "sweep_file": str(sweep.file)}))
+            {"parent_run_id": parent_run_id, "config_hash": chash, "sweep_file": str(sweep.file),
+             "overrides": list(sweep.overrides), "cwd": str(sweep.cwd)}))
 
     results = tuner.fit()
     return _summarize(sweep, results, exp_dir, parent_run_id, resumed, time.time() - t0)

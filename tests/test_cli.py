@@ -154,3 +154,10 @@ def test_dbnet_sweep_without_data_says_how_to_get_some(tmp_path: Path, monkeypat
     assert "data.train" in res.output and "sweeper data synth --task dbnet" in res.output
     dry = runner.invoke(app, ["launch", str(repo_sweep), "--dry-run"])
     assert dry.exit_code == 0 and "post.box_thresh" in dry.output
+
+
+def test_resume_without_an_experiment_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["resume", "nope"])
+    assert res.exit_code == 2
+    assert "no sweep experiment at 'nope'" in res.output and "runs/nope" in res.output

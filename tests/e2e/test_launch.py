@@ -125,7 +125,8 @@ def test_leaderboard_order_matches_metrics(finished_sweep) -> None:  # noqa: ANN
     assert len(csv_out.strip().splitlines()) == 5 and "map_small" in csv_out.splitlines()[0]
 
 
-def test_interrupted_sweep_relaunch_does_not_duplicate_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["relaunch", "resume"])
+def test_interrupted_sweep_continues_without_duplicate_runs(tmp_path: Path, how: str) -> None:
     sweep = write_sweep(tmp_path, "resume", n=4, conc=1)
     proc = subprocess.Popen([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -139,11 +140,12 @@ def test_interrupted_sweep_relaunch_does_not_duplicate_runs(tmp_path: Path) -> N
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
-    assert "relaunch to continue" in out
+    assert f"to continue: sweeper resume {tmp_path / 'runs' / 'resume'}" in out
     before = {r.data.tags["sweeper.trial_id"]: r.info.run_id for r in trial_runs(tmp_path, "resume")}
     assert 2 <= len(before) <= 4
 
-    again = run_cli(["launch", str(sweep)], tmp_path)
+    args = ["launch", str(sweep)] if how == "relaunch" else ["resume", "resume"]  # NAME under ./runs
+    again = run_cli(args, tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "continuing sweep" in again.stdout
     runs = trial_runs(tmp_path, "resume")
