@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from sweeper.tasks.synthetic import check_args, save_png, val_indices
+
 ASPECT = 0.75  # width / height of every image
 ANGLE_DEG = 6.0  # max page rotation
 FONT_RANGE = (0.05, 0.075)  # normal text size, fraction of `size`
@@ -300,12 +302,7 @@ def make_synthetic_receipts(
         section with ``format: ufo``), ``num_images``, ``num_train``, ``num_val``, ``num_words``,
         ``num_dont_care``.
     """
-    if images < 1:
-        raise ValueError(f"images must be >= 1, got {images}")
-    if size < 64:
-        raise ValueError(f"size must be >= 64 px, got {size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_args(images, size, min_size=64, val_fraction=val_fraction)
     out = Path(out_dir).resolve()
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -315,15 +312,14 @@ def make_synthetic_receipts(
     for index in range(images):
         pixels, words = _render_image(seed, index, size)
         name = f"{index + 1:06d}.png"
-        # fixed (fast) level: noisy pixels barely compress, and bytes must not follow a PIL default
-        Image.fromarray(pixels, "RGB").save(img_dir / name, format="PNG", compress_level=1)
+        save_png(pixels, img_dir / name)
         entries[name] = {"img_h": pixels.shape[0], "img_w": pixels.shape[1],
                          "words": {f"{i + 1:04d}": w for i, w in enumerate(words)}}
         num_words += len(words)
         num_dc += sum(w["illegibility"] for w in words)
 
-    num_val = 0 if val_fraction == 0 else min(images - 1, max(1, round(images * val_fraction)))
-    val_idx = {int(i) for i in np.random.default_rng(seed).permutation(images)[:num_val]}
+    val_idx = val_indices(images, val_fraction, seed)
+    num_val = len(val_idx)
     paths: dict[str, str] = {}
     for split, in_split in (("train", lambda i: i not in val_idx), ("val", lambda i: i in val_idx)):
         ufo = {"images": {n: e for i, (n, e) in enumerate(entries.items()) if in_split(i)}}

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sweeper.tasks.synthetic import check_args, save_png, val_indices
+
 CATEGORIES: tuple[str, ...] = ("square", "circle", "triangle")
 #: probability that an object gets a COCO-small side (< 32 px)
 P_SMALL = 0.45
@@ -157,12 +159,7 @@ def make_synthetic_coco(
         ``{"train", "val", "images"}`` (absolute paths as str, ready for the sweep's ``data:``
         section), ``num_images``, ``num_train``, ``num_val``, ``num_annotations``, ``categories``.
     """
-    if images < 1:
-        raise ValueError(f"images must be >= 1, got {images}")
-    if size < 32:
-        raise ValueError(f"size must be >= 32 px, got {size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_args(images, size, min_size=32, val_fraction=val_fraction)
     out = Path(out_dir).resolve()
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -174,15 +171,13 @@ def make_synthetic_coco(
         image_id = index + 1
         pixels, objects = _render_image(seed, index, size)
         file_name = f"{image_id:06d}.png"
-        # fixed (fast) level: noisy pixels barely compress, and bytes must not follow a PIL default
-        Image.fromarray(pixels, "RGB").save(img_dir / file_name, format="PNG", compress_level=1)
+        save_png(pixels, img_dir / file_name)
         image_entries.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
 
-    num_val = 0 if val_fraction == 0 else min(images - 1, max(1, round(images * val_fraction)))
-    order = np.random.default_rng(seed).permutation(images)
-    val_ids = {int(i) + 1 for i in order[:num_val]}
+    val_ids = {i + 1 for i in val_indices(images, val_fraction, seed)}  # image ids are 1-based
+    num_val = len(val_ids)
     paths: dict[str, str] = {}
     for split, keep in (("train", lambda i: i not in val_ids), ("val", lambda i: i in val_ids)):
         split_images = [im for im in image_entries if keep(im["id"])]
