@@ -14,14 +14,13 @@ Writes `bench/results/dbnet.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from results_io import write_result  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,13 +81,8 @@ def main() -> None:
         "forward_s": round(fwd1, 3), "post_and_metric_single_s": round(post1, 3),
         "post_and_metric_grid_s": round(post12, 3), "val_images": n_val,
         "machine": f"{platform.machine()} {torch.get_num_threads()} torch threads",
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip(),
-        "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Target: ratio <= 1.10 for trials of about a minute each (the default sizes below
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -26,6 +25,8 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from results_io import write_result  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -120,13 +121,8 @@ def main() -> None:
         "trials": args.trials, "epochs": args.epochs, "concurrent": args.concurrent, "threads_per_trial": cpu,
         "images": args.images, "size": args.size, "quick": args.quick,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "python": platform.python_version(),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip(),
-        "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
