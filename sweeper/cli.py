@@ -80,8 +80,9 @@ def _plan_table(sweep: Sweep) -> str:
     out = io.StringIO()
     c = Console(file=out, width=110, force_terminal=False)
     c.print(f"[bold]sweep[/] {sweep.name}  task={spec.task}  file={sweep.file}")
-    c.print(f"data: train={spec.data.train}\n      val={spec.data.val}\n      images={spec.data.images}"
-            + ("  (generated on first launch if missing)" if spec.data.synth else ""))
+    if spec.data is not None:
+        c.print(f"data: train={spec.data.train}\n      val={spec.data.val}\n      images={spec.data.images}"
+                + ("  (generated on first launch if missing)" if spec.data.synth else ""))
     t = Table(title="search space", show_lines=False)
     t.add_column("key")
     t.add_column("space")
@@ -125,7 +126,28 @@ def _plan_table(sweep: Sweep) -> str:
             + f"; {conc} at once (local machine: {cpus} CPUs), {spec.budget.max_failures} retries per trial")
     c.print(f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU")
     c.print(f"storage: {sweep.experiment_dir}\ntracking: {spec.tracking.uri}")
+    if spec.command is not None:
+        _print_commands(c, sweep)
     return out.getvalue()
+
+
+def _print_commands(c: Console, sweep: Sweep, n: int = 3) -> None:
+    """The exact command lines of the first trials (`<trial_dir>` is Ray's per-trial directory)."""
+    from sweeper.config import script_params
+    from sweeper.spaces import example_points
+    from sweeper.tasks.command import render_command
+
+    cmd = sweep.spec.command
+    assert cmd is not None
+    ckpt = f"; checkpoint dir in ${cmd.checkpoint_dir_env}" if cmd.checkpoint_dir_env else ""
+    c.print(f"command: runs in {cmd.workdir}; overrides: {cmd.overrides}; metrics: {cmd.metrics}{ckpt}",
+            highlight=False, markup=False)
+    points = example_points(sweep.dimensions, n, grid=sweep.spec.search_alg.name == "grid",
+                            seed=sweep.spec.search_alg.seed)
+    for i, point in enumerate(points, 1):
+        line, env = render_command(cmd.run, script_params(sweep, point), cmd.overrides, trial_dir="<trial_dir>")
+        prefix = " ".join(f"{k}={v}" for k, v in {**env, **cmd.env}.items())
+        c.print(f"trial {i}: {prefix + ' ' if prefix else ''}{line}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -198,7 +220,7 @@ def validate(
     from sweeper import tasks
 
     try:
-        if sweep.spec.data.synth is None:
+        if sweep.spec.data is None or sweep.spec.data.synth is None:
             load_sweep(sweep_file, set_)
         tasks.check_sweep(sweep)
     except SweepConfigError as exc:

@@ -34,6 +34,8 @@ from sweeper.schema import (
     TASK_EVAL_GRID_KEYS,
     TASK_METRIC_PREFIXES,
     TASK_METRICS,
+    OPEN_TASKS,
+    CommandConfig,
     DataConfig,
     SweepFile,
     Tracking,
@@ -70,6 +72,9 @@ class Sweep(BaseModel):
 
     @property
     def max_t(self) -> int:
+        """The last epoch a trial may reach: ASHA's max_t, else the planned epochs."""
+        if self.spec.command is not None:
+            return self.spec.scheduler.max_t or self.spec.command.epochs or 1
         return self.spec.scheduler.max_t or self.base["train"]["epochs"]
 
     @property
@@ -197,6 +202,10 @@ def _apply_override(path: Path, doc: dict[str, Any], base_defaults: dict[str, An
         _set(doc, key, value)
         return
     # a key into `base`, written as everywhere else (train.epochs)
+    if doc.get("task") in OPEN_TASKS:  # the script's own keys: we cannot know them
+        _set(doc.setdefault("base", {}), key, value)
+        doc.get("search", {}).pop(key, None)
+        return
     try:
         _get(base_defaults, key)
     except (KeyError, TypeError):
@@ -268,8 +277,9 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     except ValidationError as exc:
         _raise_validation(file, exc, base_model, prefix="base.")
 
+    _check_task_sections(file, spec)
     formats = TASK_DATA_FORMATS[spec.task]
-    if spec.data.format is not None and spec.data.format not in formats:
+    if spec.data is not None and spec.data.format is not None and spec.data.format not in formats:
         raise SweepConfigError(file, "data.format", f"task {spec.task!r} reads {' or '.join(formats)}, "
                                f"not {spec.data.format!r}")
     dims = _check_search(file, spec, base_model, base)
@@ -278,8 +288,28 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     _check_budget(file, spec, dims, base)
 
     # paths become absolute: trials run elsewhere
+    update: dict[str, Any] = {
+        "storage": _resolve_path(spec.storage, cwd),
+        "tracking": Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd)),
+    }
+    if spec.command is not None:
+        update["command"] = _resolve_command(file, spec.command, cwd, check_data)
+    if spec.data is not None:
+        update["data"] = _resolve_data(file, spec, cwd, check_data)
+    if base.get("model", {}).get("weights") and spec.task not in OPEN_TASKS:
+        base["model"]["weights"] = _resolve_path(base["model"]["weights"], cwd)
+        if check_data and not Path(base["model"]["weights"]).is_file():
+            raise SweepConfigError(file, "base.model.weights", f"{base['model']['weights']} not found")
+    spec = spec.model_copy(update=update)
+    raw = copy.deepcopy(doc)
+    raw.pop("include", None)
+    return Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw, overrides=tuple(overrides or ()), cwd=cwd)
+
+
+def _resolve_data(file: Path, spec: SweepFile, cwd: Path, check_data: bool) -> DataConfig:
+    assert spec.data is not None
     data = spec.data.model_dump()
-    data["format"] = data["format"] or formats[0]
+    data["format"] = data["format"] or TASK_DATA_FORMATS[spec.task][0]
     for key in ("train", "val", "images"):
         data[key] = _resolve_path(data[key], cwd)
     if check_data and spec.data.synth is None:
@@ -290,18 +320,46 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
                                        "data.images=...), make synthetic data there (sweeper data synth "
                                        f"--task {spec.task} --out DIR), or add `data: {{synth: {{}}}}` "
                                        "to generate it on first launch")
-    if base["model"].get("weights"):
-        base["model"]["weights"] = _resolve_path(base["model"]["weights"], cwd)
-        if check_data and not Path(base["model"]["weights"]).is_file():
-            raise SweepConfigError(file, "base.model.weights", f"{base['model']['weights']} not found")
-    spec = spec.model_copy(update={
-        "data": DataConfig.model_validate(data),
-        "storage": _resolve_path(spec.storage, cwd),
-        "tracking": Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd)),
-    })
-    raw = copy.deepcopy(doc)
-    raw.pop("include", None)
-    return Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw, overrides=tuple(overrides or ()), cwd=cwd)
+    return DataConfig.model_validate(data)
+
+
+def _resolve_command(file: Path, command: CommandConfig, cwd: Path, check: bool) -> CommandConfig:
+    """`workdir` absolute (trials run elsewhere) and present; relative metric files under it."""
+    workdir = Path(_resolve_path(command.workdir, cwd))
+    if check and not workdir.is_dir():
+        raise SweepConfigError(file, "command.workdir", f"{workdir} is not a directory; point it at "
+                               "the directory your training command runs in")
+    metrics = command.metrics
+    kind, _, path = metrics.partition(":")
+    if path and not path.startswith("{trial_dir}") and not Path(path).expanduser().is_absolute():
+        metrics = f"{kind}:{workdir / path}"
+    elif path:
+        metrics = f"{kind}:{Path(path).expanduser()}" if not path.startswith("{") else metrics
+    return command.model_copy(update={"workdir": str(workdir), "metrics": metrics})
+
+
+def _check_task_sections(file: Path, spec: SweepFile) -> None:
+    """Built-in tasks read `data`; the command task runs `command` and reads no data of ours."""
+    if spec.task in OPEN_TASKS:
+        if spec.command is None:
+            raise SweepConfigError(file, "command", f"task {spec.task!r} needs a `command` section "
+                                   "(at least `run: python train.py {overrides}`)")
+        if spec.data is not None:
+            raise SweepConfigError(file, "data", "the command task reads no `data`: your script loads its "
+                                   "own dataset (pass its path in `base` or in `command.run`)")
+        cmd = spec.command
+        if cmd.overrides != "env" and "{overrides}" not in cmd.run:
+            raise SweepConfigError(file, "command.run", "has no {overrides} placeholder, so the searched values "
+                                   "would never reach the script; add it (or use `overrides: env`)")
+        if spec.scheduler.name == "asha" and not (spec.scheduler.max_t or cmd.epochs):
+            raise SweepConfigError(file, "scheduler.max_t", "ASHA needs the last epoch of a command trial: "
+                                   "set scheduler.max_t or command.epochs")
+        return
+    if spec.command is not None:
+        raise SweepConfigError(file, "command", f"only task 'command' runs a command; task {spec.task!r} "
+                               "trains its own model")
+    if spec.data is None:
+        raise SweepConfigError(file, "data", f"task {spec.task!r} needs a `data` section (train, val, images)")
 
 
 def _check_value(file: Path, field: str, base_model: type[BaseModel], base: dict[str, Any],
@@ -328,6 +386,8 @@ def _check_search(file: Path, spec: SweepFile, base_model: type[BaseModel], base
         field, _, msg = str(exc).partition(": ")
         raise SweepConfigError(file, field, msg) from None
     for d in dims:
+        if spec.task in OPEN_TASKS:
+            continue  # the script's keys: only the script can check them
         _check_key(file, f"search.{d.key}", base, d.key)
         for value in d.representative_values():
             _check_value(file, f"search.{d.key}", base_model, base, d.key, value)
@@ -362,6 +422,8 @@ def _check_eval_grid(file: Path, spec: SweepFile, base_model: type[BaseModel], b
 
 def metric_known(task: str, metric: str, eval_grid: bool = False) -> bool:
     """Whether `task` reports `metric` (used to check the objective before anything runs)."""
+    if task in OPEN_TASKS:
+        return True
     if eval_grid and metric.startswith("default/"):
         metric = metric[len("default/"):]
     return metric in TASK_METRICS[task] or metric.startswith(TASK_METRIC_PREFIXES.get(task, ()))
@@ -381,11 +443,14 @@ def _check_budget(file: Path, spec: SweepFile, dims: list[Dimension], base: dict
         raise SweepConfigError(file, "budget.num_samples", f"the search space is empty, so {spec.budget.num_samples} "
                                "trials would all train the same configuration; add keys to `search` "
                                "or set budget.num_samples: 1")
-    epochs = base["train"]["epochs"]
     sched = spec.scheduler
+    if spec.command is not None:
+        epochs, epochs_key = spec.command.epochs or sched.max_t or 1, "command.epochs"
+    else:
+        epochs, epochs_key = base["train"]["epochs"], "train.epochs"
     max_t = sched.max_t or epochs
-    if sched.max_t and "train.epochs" not in spec.search and sched.max_t > epochs:
-        raise SweepConfigError(file, "scheduler.max_t", f"{sched.max_t} epochs exceeds train.epochs ({epochs})")
+    if sched.max_t and epochs_key not in spec.search and sched.max_t > epochs:
+        raise SweepConfigError(file, "scheduler.max_t", f"{sched.max_t} epochs exceeds {epochs_key} ({epochs})")
     if sched.name == "asha" and sched.grace_period > max_t:
         raise SweepConfigError(file, "scheduler.grace_period", f"{sched.grace_period} epochs exceeds "
                                f"max_t ({max_t}): no trial could be stopped early")
@@ -397,7 +462,17 @@ def trial_config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         _set(cfg, key, value)
     cfg["task"] = sweep.spec.task
+    if sweep.spec.task in OPEN_TASKS:
+        return cfg
     cfg["data"] = sweep.spec.data.model_dump()
     cfg["eval_grid"] = dict(sweep.spec.eval_grid)
     cfg["objective_metric"] = sweep.spec.objective.metric.removeprefix("default/")
     return cfg
+
+
+def script_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
+    """What a command trial passes to its script: `base` with the trial's values, as dotted keys."""
+    cfg = copy.deepcopy(sweep.base)
+    for key, value in params.items():
+        _set(cfg, key, value)
+    return flatten(cfg)

@@ -46,6 +46,12 @@ def config_hash(sweep: Sweep) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
+def trial_dirname(trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
+    """`trial_<id>`: Ray's default name embeds the params (`lr=0.01,bs=4`), which breaks scripts
+    that get the trial dir on their command line (Hydra reads `=` and `,` as syntax)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
@@ -181,15 +187,18 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
                 max_concurrent_trials=None if sweep.dimensions else max_concurrent(sweep),
                 # a new trial reuses a finished trial's worker: no process start, torch already imported
                 reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage, verbose=verbose,
                 callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id)],
                 # keep >= 3: a hard kill can otherwise leave state pointing at a pruned checkpoint
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=3, checkpoint_score_attribute=spec.objective.metric,
+                    num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=spec.objective.metric,
                     checkpoint_score_order=spec.objective.mode),
                 failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+                # a command trial's log lives in its working dir: persist it beside the trial
+                sync_config=tune.SyncConfig(sync_artifacts=spec.command is not None),
             ),
         )
     if local:

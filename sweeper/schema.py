@@ -113,9 +113,17 @@ class DBNetBase(Strict):
     eval: DBNetEval = DBNetEval()
 
 
+class CommandBase(BaseModel):
+    """`base` of the command task: the script's own fixed settings, passed like searched values."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
 #: per task: the schema of `base`, the metrics it reports, the keys `eval_grid` may sweep.
-TASK_BASES: dict[str, type[Strict]] = {"detection": DetectionBase, "dbnet": DBNetBase}
-TASK_DATA_FORMATS: dict[str, tuple[str, ...]] = {"detection": ("coco",), "dbnet": ("ufo", "icdar2015")}
+TASK_BASES: dict[str, type[BaseModel]] = {"detection": DetectionBase, "dbnet": DBNetBase, "command": CommandBase}
+TASK_DATA_FORMATS: dict[str, tuple[str, ...]] = {"detection": ("coco",), "dbnet": ("ufo", "icdar2015"), "command": ()}
+#: tasks whose `base` is free-form and whose metrics are whatever the script reports
+OPEN_TASKS = ("command",)
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "detection": (
         "map", "map50", "map75", "map_small", "map_medium", "map_large",
@@ -145,6 +153,43 @@ class DataConfig(Strict):
     val: str = Field(description="validation annotations, like `train`")
     images: str = Field(description="directory the annotation file names are relative to")
     synth: SynthData | None = Field(None, description="generate synthetic data here if missing")
+
+
+METRIC_SOURCE = re.compile(r"stdout|(csv|jsonl):.+")
+
+
+class CommandConfig(Strict):
+    run: str = Field(description="shell command; {overrides} is replaced by the trial's values, "
+                     "{python} by this interpreter, {trial_dir} by the trial's directory")
+    workdir: str = Field(".", description="directory the command runs in; absolute after load, must exist")
+    overrides: Literal["hydra", "argparse", "env"] = Field(
+        "hydra", description="hydra: key=value; argparse: --key value; env: SWEEPER_PARAM_<KEY>=value")
+    metrics: str = Field("stdout", description="stdout (lines `SWEEPER_METRICS {json}`), csv:PATH or "
+                         "jsonl:PATH (a file tailed while it grows; PATH may use {trial_dir} and globs)")
+    checkpoint_dir_env: str | None = Field(
+        "SWEEPER_CHECKPOINT_DIR", description="env var naming the directory the script saves to and "
+        "resumes from; persisted as the trial checkpoint")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    epochs: int | None = Field(None, ge=1, description="epochs the script trains; default scheduler.max_t")
+    epoch_key: str | list[str] = Field("epoch", description="record key holding the epoch; a list is "
+                                       "tried in order (MMEngine: [epoch, step])")
+    first_epoch: Literal[0, 1] | None = Field(
+        None, description="the number the script gives its first epoch; default: 0 if it reports an epoch 0")
+    stop_grace_s: float = Field(10, ge=0, description="seconds between SIGTERM and SIGKILL when a trial is stopped")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_source(cls, v: str) -> str:
+        if not METRIC_SOURCE.fullmatch(v):
+            raise ValueError("use stdout, csv:PATH or jsonl:PATH")
+        return v
+
+    @field_validator("checkpoint_dir_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must be an environment variable name")
+        return v
 
 
 class Objective(Strict):
@@ -184,6 +229,12 @@ class Resources(Strict):
         return v
 
 
+class CheckpointPolicy(Strict):
+    min_interval_s: float = Field(60, ge=0, description="seconds between a trial's checkpoints; "
+                                  "the last epoch is always saved; 0 = every epoch")
+    keep: int = Field(3, ge=3, description="checkpoints kept per trial (the best by the objective)")
+
+
 class Tracking(Strict):
     uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI")
 
@@ -191,7 +242,8 @@ class Tracking(Strict):
 class SweepFile(Strict):
     name: str = Field(description="sweep name: MLflow experiment and Ray experiment directory")
     task: str = Field(description="registered task")
-    data: DataConfig
+    data: DataConfig | None = Field(None, description="dataset (built-in tasks)")
+    command: CommandConfig | None = Field(None, description="the training command (task: command)")
     base: dict[str, Any] = Field(default_factory=dict, description="fixed trial settings")
     include: list[str] = Field(default_factory=list, description="search-space fragments")
     search: dict[str, Any] = Field(default_factory=dict, description="dotted key -> space")
@@ -202,6 +254,7 @@ class SweepFile(Strict):
     budget: Budget = Budget()
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
+    checkpoint: CheckpointPolicy = CheckpointPolicy()
     storage: str = Field("runs", description="Ray results root (local path or URI)")
 
     @field_validator("name")

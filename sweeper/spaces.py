@@ -174,3 +174,18 @@ def grid_points(dims: list[Dimension]) -> list[dict[str, Any]]:
     """Every grid point, in a stable order (for `--dry-run`)."""
     values = grid_values(dims)
     return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
+
+def example_points(dims: list[Dimension], n: int, *, grid: bool = False, seed: int | None = 0) -> list[dict[str, Any]]:
+    """The first `n` points a sweep would try, for `--dry-run`: grid points in order, else a
+    seeded random draw (what Optuna's TPE samples before it has results to model)."""
+    if not dims:
+        return [{}]
+    if grid:
+        return grid_points(dims)[:n]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    dists = to_optuna(dims)
+    return [study.ask(dists).params for _ in range(n)]

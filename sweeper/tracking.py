@@ -189,6 +189,7 @@ class MLflowTrialLogger(Callback):
             self.c.set_tag(run_id, "sweeper.stopped_at_epoch", str(result.get("epoch")))
         else:
             self.c.set_tag(run_id, "sweeper.status", "finished")
+        self._attach_log(trial, run_id)
         self.c.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
@@ -197,7 +198,26 @@ class MLflowTrialLogger(Callback):
         self.c.set_tag(run_id, "sweeper.status", "failed")
         self.c.set_tag(run_id, "sweeper.error", _last_line(message)[:5000])
         self.c.log_text(run_id, message, "error.txt")
+        self._attach_log(trial, run_id)
         self.c.set_terminated(run_id, "FAILED")
+
+    def _attach_log(self, trial, run_id: str) -> None:  # noqa: ANN001
+        """A command trial's output log, as Ray persisted it beside the trial (local storage)."""
+        if self.sweep.spec.command is None:
+            return
+        log = Path(trial.path) / COMMAND_LOG
+        if log.is_file():
+            self.c.log_artifact(run_id, str(log))
+
+    def on_experiment_end(self, trials, **info) -> None:  # noqa: ANN001
+        # Ray persists a trial's files when its worker lets go of it, which can be after the
+        # trial-end callbacks: attach the logs once more, complete, when the sweep ends
+        for trial in trials:
+            if trial.trial_id in self.runs:
+                self._attach_log(trial, self.runs[trial.trial_id])
+
+
+COMMAND_LOG = "command.log"
 
 
 def _trial_error_text(trial) -> str:  # noqa: ANN001

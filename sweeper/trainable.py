@@ -2,7 +2,8 @@
 
 Per trial: build the task from the sweep's `base` plus the trial's searched values, restore it
 from `tune.get_checkpoint()` if Tune hands one back (a retry or a resumed sweep), then per epoch
-train, evaluate and `tune.report` the metrics together with a checkpoint. Reported keys: the
+train, evaluate and `tune.report` the metrics, with a checkpoint when `checkpoint.min_interval_s`
+has passed since the last one and always at the trial's last epoch. Reported keys: the
 task's metrics, `epoch` (ASHA's time attribute), `epochs_total` (the trial's planned epochs, so
 callbacks can tell "finished" from "stopped early") and `best_objective` (best so far).
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ def _better(a: float, b: float | None, mode: str) -> bool:
 
 def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     """Train one trial; `config` holds the searched values as dotted keys (`train.lr`)."""
+    if sweep.spec.command is not None:
+        run_command_trial(config, sweep)
+        return
     import torch
 
     from sweeper.tasks import load_task
@@ -56,6 +61,8 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         task.load_state_dict(state["task"])
         start, best = state["epoch"] + 1, state.get("best_objective")
 
+    last_epoch = min(epochs, sweep.max_t)
+    last_saved = time.monotonic()
     for epoch in range(start, epochs + 1):
         metrics = dict(task.train_one_epoch(epoch))
         metrics.update(task.evaluate())
@@ -63,7 +70,57 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         if value is not None and _better(value, best, mode):
             best = value
         metrics.update(epoch=epoch, epochs_total=epochs, best_objective=best)
+        due = time.monotonic() - last_saved >= sweep.spec.checkpoint.min_interval_s
+        if not (due or epoch >= last_epoch):
+            tune.report(metrics)
+            continue
+        last_saved = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"task": task.state_dict(), "epoch": epoch, "best_objective": best},
                        os.path.join(tmp, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
+    """A `task: command` trial: the user's script in a subprocess, one `tune.report` per epoch.
+
+    The script's checkpoint directory (`command.checkpoint_dir_env`) is persisted with the
+    reports (same interval policy as built-in tasks) and put back in place when Tune restores
+    the trial, so a script that resumes from its own last checkpoint continues. If Tune stops
+    the trial (ASHA), `tune.report` raises SystemExit and the `finally` ends the process group.
+    """
+    import ray
+
+    from sweeper.config import script_params
+    from sweeper.tasks.command import CommandTrial
+
+    spec = sweep.spec
+    assert spec.command is not None
+    trial_dir = tune.get_context().get_trial_dir()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    trial = CommandTrial(spec.command.model_dump(), script_params(sweep, config), trial_dir=trial_dir,
+                         objective=spec.objective.metric, cpus=spec.resources.cpu, gpu_ids=gpu_ids)
+    objective, mode = spec.objective.metric, spec.objective.mode
+    best = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            best = trial.restore(Path(ckpt_dir)).get("best_objective")
+    epochs_total = sweep.max_t
+    last_saved = time.monotonic()
+    try:
+        for epoch, metrics in trial.epochs():
+            value = metrics.get(objective)
+            if value is not None and _better(value, best, mode):
+                best = value
+            metrics.update(epoch=epoch, epochs_total=epochs_total, best_objective=best)
+            due = time.monotonic() - last_saved >= spec.checkpoint.min_interval_s
+            if not (due or epoch >= epochs_total):
+                tune.report(metrics)
+                continue
+            last_saved = time.monotonic()
+            with tempfile.TemporaryDirectory() as tmp:
+                trial.snapshot(Path(tmp), {"epoch": epoch, "best_objective": best})
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    finally:
+        trial.stop()

@@ -173,3 +173,72 @@ def test_grid_search_counts_points(tmp_path: Path, data_dir: Path) -> None:
         .replace("{choice: [2, 4]}", "{grid: [2, 4]}") + "search_alg: {name: grid}\n"
     sweep = load_sweep(write(tmp_path, text), ["budget.num_samples=2"])
     assert sweep.num_trials == 3 * 2 * 2
+
+
+# --------------------------------------------------------------------------- task: command
+COMMAND = """
+name: cmd
+task: command
+command:
+  run: python train.py {overrides}
+  workdir: code
+  metrics: csv:logs/metrics.csv
+base:
+  trainer.max_epochs: 20
+  models: {name: unet}
+search:
+  models.optimizer.lr: {loguniform: [1.0e-4, 3.0e-3]}
+objective: {metric: val/hmean, mode: max}
+scheduler: {name: asha, grace_period: 2, max_t: 20}
+"""
+
+
+def test_command_sweep_loads_free_keys_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweeper.config import script_params
+
+    (tmp_path / "code").mkdir()
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(write(tmp_path, COMMAND), ["trainer.batch_size=8"])
+    cmd = sweep.spec.command
+    assert cmd.workdir == str(tmp_path / "code") and cmd.metrics == f"csv:{tmp_path / 'code' / 'logs/metrics.csv'}"
+    assert sweep.spec.data is None and sweep.max_t == 20
+    assert script_params(sweep, {"models.optimizer.lr": 0.001}) == {
+        "trainer.max_epochs": 20, "models.name": "unet", "trainer.batch_size": 8, "models.optimizer.lr": 0.001}
+    fixed = load_sweep(write(tmp_path, COMMAND), ["models.optimizer.lr=0.002", "budget.num_samples=1"])
+    assert fixed.dimensions == [] and fixed.base["models"]["optimizer"]["lr"] == 0.002
+
+
+BAD_COMMAND = [
+    ("no command section", "command:", "", "command", "needs a `command` section"),
+    ("data with command", "objective:", "data: {train: a, val: b, images: c}\nobjective:", "data", "reads no `data`"),
+    ("no overrides placeholder", "{overrides}", "", "command.run", "no {overrides} placeholder"),
+    ("asha without max_t", "max_t: 20", "brackets: 1", "scheduler.max_t", "set scheduler.max_t or command.epochs"),
+    ("bad metrics source", "csv:logs/metrics.csv", "tensorboard:logs", "command.metrics", "stdout, csv:PATH or jsonl:PATH"),
+    ("bad env name", "workdir: code", "workdir: code\n  checkpoint_dir_env: 'MY DIR'", "command.checkpoint_dir_env",
+     "environment variable name"),
+    ("missing workdir", "workdir: code", "workdir: nowhere", "command.workdir", "is not a directory"),
+    ("typo in command", "workdir: code", "workdir: code\n  metrix: stdout", "command.metrix", "did you mean 'metrics'"),
+]
+
+
+@pytest.mark.parametrize("case, old, new, field, words", BAD_COMMAND, ids=[b[0] for b in BAD_COMMAND])
+def test_bad_command_sweeps_name_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, old: str,
+                                           new: str, field: str, words: str) -> None:
+    (tmp_path / "code").mkdir()
+    monkeypatch.chdir(tmp_path)
+    text = COMMAND
+    if case == "no command section":
+        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(("command:", "  run", "  workdir", "  metrics")))
+    else:
+        text = text.replace(old, new)
+    path = write(tmp_path, text)
+    with pytest.raises(SweepConfigError) as exc:
+        load_sweep(path)
+    assert exc.value.field == field, str(exc.value)
+    assert words in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_builtin_task_refuses_a_command_section(tmp_path: Path, data_dir: Path) -> None:
+    path = write(tmp_path, GOOD + "command: {run: 'python x.py {overrides}'}\n")
+    with pytest.raises(SweepConfigError, match="only task 'command' runs a command"):
+        load_sweep(path)

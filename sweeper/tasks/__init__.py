@@ -78,7 +78,7 @@ def prepare_data(sweep: Any, log: Any = print) -> None:
     from sweeper.config import SweepConfigError
 
     data = sweep.spec.data
-    if data.synth is None or all(Path(p).exists() for p in (data.train, data.val, data.images)):
+    if data is None or data.synth is None or all(Path(p).exists() for p in (data.train, data.val, data.images)):
         return
     out = Path(data.train).parent
     expected = {"train": out / "train.json", "val": out / "val.json", "images": out / "images"}

@@ -38,12 +38,13 @@ search_alg: {{name: optuna, seed: 3}}
 scheduler: {{name: asha, grace_period: 1, reduction_factor: 2}}
 budget: {{num_samples: {n}, max_concurrent: {conc}}}
 resources: {{cpu: 1}}
+checkpoint: {{min_interval_s: {ckpt_s}}}
 """
 
 
-def write_sweep(tmp: Path, name: str, n: int = 4, conc: int = 1) -> Path:
+def write_sweep(tmp: Path, name: str, n: int = 4, conc: int = 1, ckpt_s: float = 60) -> Path:
     path = tmp / f"{name}.yaml"
-    path.write_text(textwrap.dedent(SWEEP.format(name=name, n=n, conc=conc)))
+    path.write_text(textwrap.dedent(SWEEP.format(name=name, n=n, conc=conc, ckpt_s=ckpt_s)))
     return path
 
 
@@ -108,6 +109,22 @@ def test_asha_stops_some_trials_and_says_where(finished_sweep) -> None:  # noqa:
     assert "stopped early" in proc.stdout
 
 
+def test_short_epochs_checkpoint_only_their_last_epoch(finished_sweep) -> None:  # noqa: ANN001
+    """checkpoint.min_interval_s 60 with second-long epochs: only a trial's final epoch is saved."""
+    cwd, _ = finished_sweep
+    for run in trial_runs(cwd, "asha"):
+        trial_dir = next((cwd / "runs" / "asha").glob(f"*{run.data.tags['sweeper.trial_id']}*"))
+        saved = sorted(trial_dir.glob("checkpoint_*"))
+        if run.data.tags["sweeper.status"] == "stopped":
+            assert saved == [], saved
+        else:
+            assert len(saved) == 1, saved
+            import torch
+
+            state = torch.load(saved[0] / "trial_state.pt", weights_only=True)
+            assert state["epoch"] == int(run.data.metrics["epoch"]) == 3
+
+
 def test_leaderboard_order_matches_metrics(finished_sweep) -> None:  # noqa: ANN001
     cwd, _ = finished_sweep
     proc = run_cli(["leaderboard", "asha", "--format", "json"], cwd, timeout=60)
@@ -127,7 +144,7 @@ def test_leaderboard_order_matches_metrics(finished_sweep) -> None:  # noqa: ANN
 
 @pytest.mark.parametrize("how", ["relaunch", "resume"])
 def test_interrupted_sweep_continues_without_duplicate_runs(tmp_path: Path, how: str) -> None:
-    sweep = write_sweep(tmp_path, "resume", n=4, conc=1)
+    sweep = write_sweep(tmp_path, "resume", n=4, conc=1, ckpt_s=0)  # every epoch, so a kill has something
     proc = subprocess.Popen([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
