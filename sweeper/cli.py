@@ -96,7 +96,10 @@ def _plan_table(sweep: Sweep) -> str:
         t.add_row(key, f"eval_grid {values} (one forward pass)", str(flat.get(key)))
     if not sweep.dimensions and not spec.eval_grid:
         t.add_row("-", "nothing searched", "-")
-    c.print(t)
+    if spec.ablation is None or spec.eval_grid:
+        c.print(t)
+    if spec.ablation is not None:
+        _print_ablation(c, sweep, flat)
     fixed = Table(title="fixed (base)")
     fixed.add_column("key")
     fixed.add_column("value")
@@ -118,8 +121,12 @@ def _plan_table(sweep: Sweep) -> str:
         plan = f"FIFO: every trial runs {max_t} epochs"
     cpus = os.cpu_count() or 1
     conc = spec.budget.max_concurrent or max(1, min(trials, int(cpus // spec.resources.cpu)))
-    c.print(f"search: {spec.search_alg.name}" + (f" ({spec.search_alg.sampler})" if spec.search_alg.name == "optuna" else "")
-            + f", seed {spec.search_alg.seed}; objective: {spec.objective.mode} {spec.objective.metric}")
+    if spec.ablation is not None:
+        c.print(f"study: ablation, {len(sweep.variants)} variants x {len(spec.ablation.seed_values)} seeds; "
+                f"objective: {_objectives(sweep)}")
+    else:
+        c.print(f"search: {spec.search_alg.name}" + (f" ({spec.search_alg.sampler})" if spec.search_alg.name == "optuna" else "")
+                + f", seed {spec.search_alg.seed}; objective: {_objectives(sweep)}")
     c.print(f"scheduler: {plan}")
     c.print(f"budget: {trials} trials, at most {trials * max_t} trial-epochs"
             + (f" (ASHA stops most trials at {sched.grace_period} epochs)" if sched.name == "asha" else "")
@@ -129,6 +136,28 @@ def _plan_table(sweep: Sweep) -> str:
     if spec.command is not None:
         _print_commands(c, sweep)
     return out.getvalue()
+
+
+def _objectives(sweep: Sweep) -> str:
+    text = ", ".join(f"{o.mode} {o.metric}" for o in sweep.objectives or [sweep.spec.objective])
+    return text + (" (multi-objective: Pareto front; ASHA and the leaderboard order use the first)"
+                   if len(sweep.objectives) > 1 else "")
+
+
+def _print_ablation(c: Console, sweep: Sweep, flat: dict[str, Any]) -> None:
+    """Variant x changed keys x seeds: what differs from the baseline, and nothing else."""
+    abl = sweep.spec.ablation
+    assert abl is not None
+    seeds = ", ".join(str(s) for s in abl.seed_values)
+    t = Table(title=f"ablation plan ({'full factorial' if abl.full_factorial else 'one factor at a time'}; "
+                    f"seeds set {sweep.seed_key})")
+    t.add_column("variant")
+    t.add_column("changed keys (baseline value -> variant value)")
+    t.add_column("seeds")
+    for name, changes in sweep.variants:
+        changed = "; ".join(f"{k}: {flat.get(k)} -> {v}" for k, v in changes.items()) or "none (the baseline)"
+        t.add_row(name, changed, seeds)
+    c.print(t)
 
 
 def _print_commands(c: Console, sweep: Sweep, n: int = 3) -> None:
@@ -142,8 +171,11 @@ def _print_commands(c: Console, sweep: Sweep, n: int = 3) -> None:
     ckpt = f"; checkpoint dir in ${cmd.checkpoint_dir_env}" if cmd.checkpoint_dir_env else ""
     c.print(f"command: runs in {cmd.workdir}; overrides: {cmd.overrides}; metrics: {cmd.metrics}{ckpt}",
             highlight=False, markup=False)
-    points = example_points(sweep.dimensions, n, grid=sweep.spec.search_alg.name == "grid",
-                            seed=sweep.spec.search_alg.seed)
+    if sweep.spec.ablation is not None:
+        points = [p["params"] for p in sweep.ablation_points[:n]]
+    else:
+        points = example_points(sweep.dimensions, n, grid=sweep.spec.search_alg.name == "grid",
+                                seed=sweep.spec.search_alg.seed)
     for i, point in enumerate(points, 1):
         line, env = render_command(cmd.run, script_params(sweep, point), cmd.overrides, trial_dir="<trial_dir>")
         prefix = " ".join(f"{k}={v}" for k, v in {**env, **cmd.env}.items())
@@ -225,8 +257,9 @@ def validate(
         tasks.check_sweep(sweep)
     except SweepConfigError as exc:
         _fail(exc)
-    console.print(f"{sweep.file}: ok ({sweep.num_trials} trials, {len(sweep.dimensions)} searched keys)",
-                  highlight=False)
+    what = (f"{len(sweep.variants)} variants x {len(sweep.spec.ablation.seed_values)} seeds" if sweep.spec.ablation
+            else f"{len(sweep.dimensions)} searched keys")
+    console.print(f"{sweep.file}: ok ({sweep.num_trials} trials, {what})", highlight=False)
 
 
 # --------------------------------------------------------------------------- leaderboard
@@ -263,7 +296,44 @@ def render_rows(rows: list[dict[str, Any]], columns: list[str], fmt: Fmt, title:
     return out.getvalue()
 
 
-def _print_board(uri: str, name: str, top: int | None, fmt: Fmt, all_launches: bool = False) -> None:
+def group_rows(board: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[str], str]:
+    """Leaderboard rows grouped by `key` (`variant`, or a searched key): mean ± 95% CI of the
+    objective at each trial's last epoch over finished trials; for an ablation's variants also
+    the difference to the baseline, its p (paired t by seed, else Welch; Holm-corrected)."""
+    from sweeper import stats
+
+    objective, mode = board["objective"], board["mode"]
+    done = [r for r in board["rows"] if r["status"] == "finished" and r.get("final") is not None]
+    if key == "variant" and board.get("ablation"):
+        groups: dict[str, dict[int, float]] = {}
+        for r in done:
+            groups.setdefault(r["variant"], {})[int(r["seed"])] = r["final"]
+        if "baseline" not in groups:
+            raise LookupError("no finished baseline trial yet: nothing to compare the variants with")
+        out = []
+        for row in stats.ablation_table(groups, "baseline", mode):
+            half = (row["ci_high"] - row["ci_low"]) / 2 if row["n"] > 1 else float("nan")
+            out.append({"variant": row["variant"], "n": row["n"], f"{objective} mean": row["mean"],
+                        "± 95% CI": half, "Δ vs baseline": row["diff"] if row["variant"] != "baseline" else None,
+                        "p (Holm)": row["p_holm"], "test": row["test"],
+                        "significant": ("yes" if row["significant"] else "no") if row["variant"] != "baseline" else ""})
+        return out, list(out[0]), f"{board['name']}: {objective} at the last epoch, per variant"
+    if not any(key in r for r in board["rows"]):
+        raise LookupError(f"--group {key}: trials have no {key!r}; group by variant (ablations) or one of "
+                          f"{', '.join(board['searched']) or 'the searched keys'}")
+    values: dict[Any, list[float]] = {}
+    for r in done:
+        values.setdefault(r.get(key), []).append(r["final"])
+    out = []
+    for value, finals in values.items():
+        s = stats.summarize(finals)
+        out.append({key: value, "n": s.n, f"{objective} mean": s.mean, "± 95% CI": (s.ci_high - s.ci_low) / 2})
+    out.sort(key=lambda r: r[f"{objective} mean"], reverse=mode == "max")
+    return out, [key, "n", f"{objective} mean", "± 95% CI"], f"{board['name']}: {objective} at the last epoch, per {key}"
+
+
+def _print_board(uri: str, name: str, top: int | None, fmt: Fmt, all_launches: bool = False,
+                 group: str | None = None) -> None:
     from sweeper import tracking
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -273,8 +343,20 @@ def _print_board(uri: str, name: str, top: int | None, fmt: Fmt, all_launches: b
         board = tracking.leaderboard(uri, name, top=top, all_launches=all_launches)
     except LookupError as exc:
         _fail(exc)
+    if group:
+        try:
+            grouped, columns, title = group_rows(board, group)
+        except LookupError as exc:
+            _fail(exc)
+        if fmt == Fmt.json:
+            print(json.dumps({"name": name, "objective": board["objective"], "group": group, "rows": grouped},
+                             indent=2, default=str))
+        else:
+            print(render_rows(grouped, columns, fmt, title))
+        return
     rows = board["rows"]
-    fixed = ["trial", "status", "epoch", board["objective"], *board["searched"]]
+    tags = ["variant", "seed"] if board.get("ablation") else []
+    fixed = ["trial", "status", *tags, "epoch", board["objective"], *board.get("secondary", []), *board["searched"]]
     present = set(k for r in rows for k in r)
     extra = [k for k in KEY_METRICS if k in present and k not in fixed]
     extra += sorted(k for k in present if k.startswith("best/") and k not in fixed)
@@ -295,11 +377,42 @@ def leaderboard(
     fmt: Fmt = typer.Option(Fmt.table, "--format", help="table, markdown, csv or json."),
     tracking_uri: str = typer.Option(DEFAULT_TRACKING, "--tracking-uri", help="MLflow store."),
     all_launches: bool = typer.Option(False, "--all", help="Include trials of earlier launches."),
+    group: Optional[str] = typer.Option(None, "--group", help="variant (ablations) or a searched key: "
+                                        "mean ± 95% CI per group, with tests against the baseline."),
 ) -> None:
-    """Trials of a sweep from MLflow, best objective first."""
+    """Trials of a sweep from MLflow, best objective first (or grouped: --group variant)."""
     from sweeper.config import resolve_tracking_uri
 
-    _print_board(resolve_tracking_uri(tracking_uri, Path.cwd()), name, top, fmt, all_launches)
+    _print_board(resolve_tracking_uri(tracking_uri, Path.cwd()), name, top, fmt, all_launches, group)
+
+
+@app.command()
+def report(
+    name: str = typer.Argument(..., help="Sweep name (the MLflow experiment)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default reports/NAME)."),
+    tracking_uri: str = typer.Option(DEFAULT_TRACKING, "--tracking-uri", help="MLflow store."),
+) -> None:
+    """Write reports/NAME/report.md and report.html (ablation table with CIs and tests, curves,
+    importances, Pareto front) and log them to the sweep's parent MLflow run."""
+    from sweeper import tracking
+    from sweeper.config import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        _fail(LookupError(f"no MLflow store at {uri[len('sqlite:///'):]}: run from the directory you "
+                          "launched in, or pass --tracking-uri"))
+    out_dir = out or Path("reports") / name
+    progress = lambda msg: err_console.print(f"[dim]{msg} ...[/]", highlight=False)  # noqa: E731
+    try:
+        data = tracking.report_data(uri, name, progress)
+    except LookupError as exc:
+        _fail(exc)
+    from sweeper.reporting import write_report
+
+    paths = write_report(data, out_dir, progress)
+    tracking.log_report(uri, data["parent_run_id"], out_dir)
+    console.print(f"wrote {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures); "
+                  f"also logged to MLflow run {data['parent_run_id']} under report/", highlight=False)
 
 
 # --------------------------------------------------------------------------- eval, data

@@ -34,13 +34,24 @@ from sweeper.schema import (
     TASK_EVAL_GRID_KEYS,
     TASK_METRIC_PREFIXES,
     TASK_METRICS,
+    TASK_SEED_KEYS,
     OPEN_TASKS,
     CommandConfig,
     DataConfig,
+    Objective,
+    Scheduler,
     SweepFile,
     Tracking,
 )
-from sweeper.spaces import Dimension, SpaceError, grid_size, grid_values, parse_search
+from sweeper.spaces import (
+    Dimension,
+    SpaceError,
+    ablation_points,
+    ablation_variants,
+    grid_size,
+    grid_values,
+    parse_search,
+)
 
 
 class SweepConfigError(ValueError):
@@ -65,6 +76,7 @@ class Sweep(BaseModel):
     raw: dict[str, Any]  # the merged document after includes and overrides (logged to MLflow)
     overrides: tuple[str, ...] = ()  # the --set arguments, kept so `sweeper resume` reloads the same sweep
     cwd: Path = Path(".")  # the directory relative paths were resolved against
+    objectives: list[Objective] = []  # all objectives; spec.objective is the first (primary)
 
     @property
     def name(self) -> str:
@@ -78,8 +90,31 @@ class Sweep(BaseModel):
         return self.spec.scheduler.max_t or self.base["train"]["epochs"]
 
     @property
+    def seed_key(self) -> str:
+        abl = self.spec.ablation
+        return (abl.seed_key if abl and abl.seed_key else None) or TASK_SEED_KEYS[self.spec.task]
+
+    @property
+    def variants(self) -> list[tuple[str, dict[str, Any]]]:
+        """An ablation's variants: (name, changed keys), baseline first; [] for a search."""
+        abl = self.spec.ablation
+        if abl is None:
+            return []
+        base_values = {k: _get_or_none(self.base, k) for k in abl.factors}
+        return ablation_variants(abl.factors, base_values, abl.full_factorial)
+
+    @property
+    def ablation_points(self) -> list[dict[str, Any]]:
+        """Every trial of an ablation: {variant, seed, params}, seed-major."""
+        abl = self.spec.ablation
+        return ablation_points(self.variants, abl.seed_values, self.seed_key) if abl else []
+
+    @property
     def num_trials(self) -> int:
-        """Trials the sweep will run: a grid runs every point `num_samples` times."""
+        """Trials the sweep will run: a grid runs every point `num_samples` times; an ablation
+        runs every variant with every seed."""
+        if self.spec.ablation is not None:
+            return len(self.variants) * len(self.spec.ablation.seed_values)
         if self.spec.search_alg.name == "grid":
             return grid_size(self.dimensions) * self.spec.budget.num_samples
         return self.spec.budget.num_samples
@@ -110,8 +145,12 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
 
 
 def _raise_validation(file: Path, exc: ValidationError, model: type[BaseModel], prefix: str = "") -> None:
-    err = exc.errors()[0]
-    loc = tuple(str(p) for p in err["loc"])
+    errors = exc.errors()
+    # a union (`objective: {...} | [...]`) reports each member's failure; the one about the
+    # shape the user did not write ("should be a valid list") is noise
+    shape = {"model_type", "list_type", "dict_type"}
+    err = next((e for e in errors if e["type"] not in shape), errors[0])
+    loc = tuple(str(p) for p in err["loc"] if not re.fullmatch(r"[A-Z]\w*|\w+\[.*\]", str(p)))
     field = prefix + ".".join(loc)
     if err["type"] == "extra_forbidden":
         options = _fields_at(model, loc[:-1]) or []
@@ -158,6 +197,13 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+def _get_or_none(tree: dict[str, Any], dotted: str) -> Any:
+    try:
+        return _get(tree, dotted)
+    except (KeyError, TypeError):
+        return None
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -277,14 +323,28 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     except ValidationError as exc:
         _raise_validation(file, exc, base_model, prefix="base.")
 
+    objectives = list(spec.objective) if isinstance(spec.objective, list) else [spec.objective]
+    if not objectives:
+        raise SweepConfigError(file, "objective", "needs a metric (and mode), or a list of them")
+    if len({o.metric for o in objectives}) != len(objectives):
+        raise SweepConfigError(file, "objective", "lists a metric twice")
+    if len(objectives) > 1 and spec.ablation is None and spec.search_alg.name != "optuna":
+        raise SweepConfigError(file, "search_alg.name", "a multi-objective search needs Optuna (name: optuna)")
+    spec = spec.model_copy(update={"objective": objectives[0]})
     _check_task_sections(file, spec)
     formats = TASK_DATA_FORMATS[spec.task]
     if spec.data is not None and spec.data.format is not None and spec.data.format not in formats:
         raise SweepConfigError(file, "data.format", f"task {spec.task!r} reads {' or '.join(formats)}, "
                                f"not {spec.data.format!r}")
     dims = _check_search(file, spec, base_model, base)
+    if spec.ablation is not None:
+        _check_ablation(file, spec, base_model, base)
+        if "scheduler" not in doc:  # early stopping would bias a controlled comparison
+            spec = spec.model_copy(update={"scheduler": Scheduler(name="fifo")})
     _check_eval_grid(file, spec, base_model, base)
-    _check_objective(file, spec)
+    for i, objective in enumerate(objectives):
+        _check_objective(file, spec.model_copy(update={"objective": objective}),
+                         "objective" if len(objectives) == 1 else f"objective[{i}].metric")
     _check_budget(file, spec, dims, base)
 
     # paths become absolute: trials run elsewhere
@@ -303,7 +363,8 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     spec = spec.model_copy(update=update)
     raw = copy.deepcopy(doc)
     raw.pop("include", None)
-    return Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw, overrides=tuple(overrides or ()), cwd=cwd)
+    return Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw, overrides=tuple(overrides or ()),
+                 cwd=cwd, objectives=objectives)
 
 
 def _resolve_data(file: Path, spec: SweepFile, cwd: Path, check_data: bool) -> DataConfig:
@@ -429,17 +490,50 @@ def metric_known(task: str, metric: str, eval_grid: bool = False) -> bool:
     return metric in TASK_METRICS[task] or metric.startswith(TASK_METRIC_PREFIXES.get(task, ()))
 
 
-def _check_objective(file: Path, spec: SweepFile) -> None:
+def _check_objective(file: Path, spec: SweepFile, field: str = "objective") -> None:
+    assert isinstance(spec.objective, Objective)
+    if field == "objective":
+        field = "objective.metric"
     if not metric_known(spec.task, spec.objective.metric, bool(spec.eval_grid)):
         known = list(TASK_METRICS[spec.task])
         prefixes = ", ".join(f"{p}<name>" for p in TASK_METRIC_PREFIXES.get(spec.task, ()))
-        raise SweepConfigError(file, "objective.metric", f"task {spec.task!r} does not report "
+        raise SweepConfigError(file, field, f"task {spec.task!r} does not report "
                                f"{spec.objective.metric!r}{_suggest(spec.objective.metric, known)}; "
                                f"it reports {', '.join(known)}" + (f", {prefixes}" if prefixes else ""))
 
 
+def _check_ablation(file: Path, spec: SweepFile, base_model: type[BaseModel], base: dict[str, Any]) -> None:
+    abl = spec.ablation
+    assert abl is not None
+    if spec.search:
+        raise SweepConfigError(file, "ablation", "a sweep either searches (`search`, `include`) or ablates "
+                               "(`ablation`), not both: move the searched keys into `ablation.factors`")
+    if not abl.factors:
+        raise SweepConfigError(file, "ablation.factors", "needs at least one factor (dotted key -> values)")
+    seed_key = abl.seed_key or TASK_SEED_KEYS[spec.task]
+    if spec.task not in OPEN_TASKS:
+        _check_key(file, "ablation.seed_key", base, seed_key)
+    for key, values in abl.factors.items():
+        field = f"ablation.factors.{key}"
+        if key == seed_key:
+            raise SweepConfigError(file, field, f"is the seed key; seeds come from `ablation.seeds`")
+        if not isinstance(values, list) or not values:
+            raise SweepConfigError(file, field, "needs a non-empty list of values to compare with the baseline")
+        if spec.task not in OPEN_TASKS:
+            _check_key(file, field, base, key)
+            for value in values:
+                _check_value(file, field, base_model, base, key, value)
+        base_value = _get_or_none(base, key)
+        for value in values:
+            if value == base_value and base_value is not None:
+                raise SweepConfigError(file, field, f"value {value!r} is the baseline's own value; "
+                                       "list only values that differ from `base`")
+        if len({repr(v) for v in values}) != len(values):
+            raise SweepConfigError(file, field, "lists a value twice")
+
+
 def _check_budget(file: Path, spec: SweepFile, dims: list[Dimension], base: dict[str, Any]) -> None:
-    if not dims and spec.budget.num_samples > 1:
+    if not dims and spec.budget.num_samples > 1 and spec.ablation is None:
         raise SweepConfigError(file, "budget.num_samples", f"the search space is empty, so {spec.budget.num_samples} "
                                "trials would all train the same configuration; add keys to `search` "
                                "or set budget.num_samples: 1")
@@ -468,6 +562,14 @@ def trial_config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     cfg["eval_grid"] = dict(sweep.spec.eval_grid)
     cfg["objective_metric"] = sweep.spec.objective.metric.removeprefix("default/")
     return cfg
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's own values as dotted keys, from the config Ray hands the trial: the searched
+    values, or an ablation point's changed keys plus its seed."""
+    if "ablation" in config and isinstance(config["ablation"], dict):
+        return dict(config["ablation"]["params"])
+    return dict(config)
 
 
 def script_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:

@@ -178,13 +178,17 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
                                    reduction_factor=spec.scheduler.reduction_factor,
                                    brackets=spec.scheduler.brackets)
                      if spec.scheduler.name == "asha" else FIFOScheduler())
+        # an ablation is a fixed list of (variant, seed) points: Tune's grid runs each exactly once
+        ablation = spec.ablation is not None
         tuner = tune.Tuner(
             trainable,
+            param_space={"ablation": tune.grid_search(sweep.ablation_points)} if ablation else None,
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric, mode=spec.objective.mode,
-                search_alg=build_searcher(sweep, max_concurrent(sweep)), scheduler=scheduler,
-                num_samples=sweep.num_trials,
-                max_concurrent_trials=None if sweep.dimensions else max_concurrent(sweep),
+                search_alg=None if ablation else build_searcher(sweep, max_concurrent(sweep)),
+                scheduler=scheduler,
+                num_samples=1 if ablation else sweep.num_trials,
+                max_concurrent_trials=max_concurrent(sweep) if ablation or not sweep.dimensions else None,
                 # a new trial reuses a finished trial's worker: no process start, torch already imported
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,

@@ -122,6 +122,8 @@ class CommandBase(BaseModel):
 #: per task: the schema of `base`, the metrics it reports, the keys `eval_grid` may sweep.
 TASK_BASES: dict[str, type[BaseModel]] = {"detection": DetectionBase, "dbnet": DBNetBase, "command": CommandBase}
 TASK_DATA_FORMATS: dict[str, tuple[str, ...]] = {"detection": ("coco",), "dbnet": ("ufo", "icdar2015"), "command": ()}
+#: the key an ablation's seed sets, per task
+TASK_SEED_KEYS: dict[str, str] = {"detection": "train.seed", "dbnet": "train.seed", "command": "seed"}
 #: tasks whose `base` is free-form and whose metrics are whatever the script reports
 OPEN_TASKS = ("command",)
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -192,6 +194,26 @@ class CommandConfig(Strict):
         return v
 
 
+class Ablation(Strict):
+    factors: dict[str, list[Any]] = Field(description="dotted key -> values, each run against the baseline (`base`)")
+    seeds: int | list[int] = Field(3, description="every variant runs with these seeds (N = 0..N-1)")
+    seed_key: str | None = Field(None, description="the key a seed sets; default train.seed (command: seed)")
+    full_factorial: bool = Field(False, description="all combinations instead of one factor at a time")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("needs at least 1 seed")
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("a non-empty list of distinct seeds")
+        return v
+
+    @property
+    def seed_values(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
 class Objective(Strict):
     metric: str = Field(description="metric to optimise, as the task reports it")
     mode: Literal["max", "min"] = "max"
@@ -247,8 +269,10 @@ class SweepFile(Strict):
     base: dict[str, Any] = Field(default_factory=dict, description="fixed trial settings")
     include: list[str] = Field(default_factory=list, description="search-space fragments")
     search: dict[str, Any] = Field(default_factory=dict, description="dotted key -> space")
+    ablation: Ablation | None = Field(None, description="controlled variants of `base` with seeds, instead of `search`")
     eval_grid: dict[str, list[Any]] = Field(default_factory=dict, description="inference-time knobs")
-    objective: Objective
+    objective: Objective | list[Objective] = Field(description="metric + mode, or a list for a "
+                                                   "multi-objective search (the first drives ASHA)")
     search_alg: SearchAlg = SearchAlg()
     scheduler: Scheduler = Scheduler()
     budget: Budget = Budget()

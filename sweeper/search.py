@@ -44,6 +44,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._max_t = max_t
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list):  # Optuna keeps no intermediate values for multi-objective
+            return
         if trial_id in self._completed_trials or self.metric not in result:
             return
         self._ot_trials[trial_id].report(result[self.metric], int(result.get("epoch", 0)))
@@ -84,10 +86,12 @@ def build_searcher(sweep: Sweep, max_concurrent: int) -> ConcurrencyLimiter | No
     """Optuna behind a concurrency limit, so it never proposes more trials than can run."""
     if not sweep.dimensions:
         return None
+    objectives = sweep.objectives or [sweep.spec.objective]
+    multi = len(objectives) > 1  # Optuna's TPE is multi-objective (MOTPE) when given several directions
     searcher = PrunedAwareOptunaSearch(
         space=to_optuna(sweep.dimensions),
-        metric=sweep.spec.objective.metric,
-        mode=sweep.spec.objective.mode,
+        metric=[o.metric for o in objectives] if multi else objectives[0].metric,
+        mode=[o.mode for o in objectives] if multi else objectives[0].mode,
         sampler=build_sampler(sweep),
         max_t=sweep.max_t,
     )

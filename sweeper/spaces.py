@@ -189,3 +189,38 @@ def example_points(dims: list[Dimension], n: int, *, grid: bool = False, seed: i
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     dists = to_optuna(dims)
     return [study.ask(dists).params for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- ablations
+BASELINE = "baseline"
+
+
+def _fmt(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def ablation_variants(factors: dict[str, list[Any]], base_values: dict[str, Any],
+                      full_factorial: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(name, changes) per variant, baseline first. One factor at a time: each value of each
+    factor alone against `base`; full factorial: every combination of base and factor values.
+    A variant's changes are exactly the keys it names, so it differs from the baseline in them only."""
+    variants: list[tuple[str, dict[str, Any]]] = [(BASELINE, {})]
+    if not full_factorial:
+        for key, values in factors.items():
+            for value in values:
+                variants.append((f"{key}={_fmt(value)}", {key: value}))
+        return variants
+    keys = list(factors)
+    options = [[(False, base_values.get(k))] + [(True, v) for v in factors[k]] for k in keys]
+    for combo in itertools.product(*options):
+        changes = {k: v for k, (changed, v) in zip(keys, combo) if changed}
+        if changes:
+            variants.append((",".join(f"{k}={_fmt(v)}" for k, v in changes.items()), changes))
+    return variants
+
+
+def ablation_points(variants: list[tuple[str, dict[str, Any]]], seeds: list[int],
+                    seed_key: str) -> list[dict[str, Any]]:
+    """Every (variant, seed) trial, seed-major: the first results already cover every variant."""
+    return [{"variant": name, "seed": seed, "params": {**changes, seed_key: seed}}
+            for seed in seeds for name, changes in variants]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from sweeper.config import Sweep, flatten, trial_config
+from sweeper.config import Sweep, flatten, trial_config, trial_params
 from sweeper.search import stopped_early
 
 #: Ray's bookkeeping keys that are not worth an MLflow metric.
@@ -64,11 +64,19 @@ def start_sweep_run(sweep: Sweep, config_hash: str) -> str:
     uri = sweep.spec.tracking.uri
     exp_id = get_or_create_experiment(uri, sweep.name)
     c = client(uri)
+    abl = sweep.spec.ablation
     run = c.create_run(exp_id, run_name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
         "sweeper.kind": "sweep",
         "sweeper.objective": sweep.spec.objective.metric,
         "sweeper.mode": sweep.spec.objective.mode,
-        "sweeper.searched": json.dumps([d.key for d in sweep.dimensions]),
+        "sweeper.objectives": json.dumps([o.model_dump() for o in sweep.objectives or [sweep.spec.objective]]),
+        "sweeper.searched": json.dumps(list(abl.factors) if abl else [d.key for d in sweep.dimensions]),
+        "sweeper.study": "ablation" if abl else "search",
+        **({"sweeper.ablation": json.dumps({"factors": abl.factors, "seeds": abl.seed_values,
+                                            "seed_key": sweep.seed_key, "full_factorial": abl.full_factorial,
+                                            "variants": [name for name, _ in sweep.variants]}, default=str)}
+           if abl else {}),
+        "sweeper.max_t": str(sweep.max_t),
         "sweeper.config_hash": config_hash,
         "sweeper.sweep_file": str(sweep.file),
     })
@@ -146,13 +154,17 @@ class MLflowTrialLogger(Callback):
     def _create_run(self, trial) -> str:  # noqa: ANN001
         from mlflow.entities import Param
 
-        params = dict(trial.config)
-        run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags={
+        params = trial_params(dict(trial.config))
+        tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "sweeper.kind": "trial",
             "sweeper.trial_id": trial.trial_id,
             "sweeper.status": "running",
-        })
+        }
+        point = trial.config.get("ablation")
+        if isinstance(point, dict):  # variants and seeds group the runs in the MLflow UI too
+            tags.update({"sweeper.variant": point["variant"], "sweeper.seed": str(point["seed"])})
+        run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
         full = flatten(trial_config(self.sweep, params))
         logged = [Param(k, str(v)[:6000]) for k, v in full.items() if not _SECRET.search(k)]
         for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
@@ -250,6 +262,7 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
     parent = parents[0]
     objective, mode = parent.data.tags["sweeper.objective"], parent.data.tags["sweeper.mode"]
     searched = json.loads(parent.data.tags.get("sweeper.searched", "[]"))
+    secondary = [o["metric"] for o in json.loads(parent.data.tags.get("sweeper.objectives", "[]"))[1:]]
     filt = "tags.`sweeper.kind` = 'trial'"
     if not all_launches:
         filt += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
@@ -259,14 +272,78 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
         m, t, p = run.data.metrics, run.data.tags, run.data.params
         rows.append({
             "trial": t.get("sweeper.trial_id"), "status": t.get("sweeper.status"),
+            **({"variant": t.get("sweeper.variant"), "seed": t.get("sweeper.seed")} if "sweeper.variant" in t else {}),
             "epoch": int(m["epoch"]) if "epoch" in m else None,
             objective: m.get("best_objective"),
             **{k: p.get(k) for k in searched},
             **{k: m[k] for k in sorted(m) if k not in ("epoch", "best_objective", objective)
                and not k.startswith(("ap/", "ar_", "train/"))},
+            **{k: m.get(k) for k in secondary},  # the other objectives of a multi-objective search
+            "final": m.get(objective),  # at the last epoch: what an ablation compares
             "error": t.get("sweeper.error"), "run_id": run.info.run_id,
         })
     sign = -1 if mode == "max" else 1
     rows.sort(key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
-    return {"name": name, "objective": objective, "mode": mode, "searched": searched,
+    study = parent.data.tags.get("sweeper.study", "search")
+    ablation = json.loads(parent.data.tags["sweeper.ablation"]) if "sweeper.ablation" in parent.data.tags else None
+    return {"name": name, "objective": objective, "mode": mode, "secondary": secondary, "searched": searched,
+            "study": study,
+            "ablation": ablation,
             "parent_run_id": parent.info.run_id, "rows": rows[:top] if top else rows}
+
+
+def report_data(uri: str, name: str, progress: Any = lambda msg: None) -> dict[str, Any]:
+    """Everything `sweeper report` draws, read from MLflow (the latest launch of `name`):
+    per trial its status, variant/seed, searched values, last-epoch metrics, best objective and
+    the objective's history per epoch."""
+    board = leaderboard(uri, name)
+    c = client(uri)
+    parent = c.get_run(board["parent_run_id"])
+    objective, mode = board["objective"], board["mode"]
+    trials = []
+    rows = board["rows"]
+    for i, row in enumerate(rows, 1):
+        progress(f"reading trial {i}/{len(rows)} from MLflow")
+        run = c.get_run(row["run_id"])
+        objectives = json.loads(parent.data.tags.get("sweeper.objectives", "null")) or [{"metric": objective}]
+        history = {o["metric"]: sorted([int(m.step), float(m.value)] for m in
+                                       c.get_metric_history(row["run_id"], o["metric"])) for o in objectives}
+        params = {}
+        for key in board["searched"]:
+            if key in run.data.params:
+                params[key] = _typed(run.data.params[key])
+        trials.append({
+            "trial": row["trial"], "status": row["status"], "variant": row.get("variant"),
+            "seed": int(row["seed"]) if row.get("seed") is not None else None,
+            "params": params, "final": dict(run.data.metrics), "best": row[objective],
+            "history": history,
+            "stopped_at": int(run.data.tags["sweeper.stopped_at_epoch"]) if "sweeper.stopped_at_epoch" in run.data.tags else None,
+            "error": row.get("error"),
+        })
+    ablation = board.get("ablation")
+    return {
+        "name": name, "kind": board.get("study", "search"),
+        "objectives": json.loads(parent.data.tags.get("sweeper.objectives", "null"))
+        or [{"metric": objective, "mode": mode}],
+        "searched": [] if ablation else board["searched"],
+        "baseline": "baseline" if ablation else None,
+        "factors": ablation["factors"] if ablation else None,
+        "max_t": int(parent.data.tags.get("sweeper.max_t", 0)) or None,
+        "parent_run_id": board["parent_run_id"],
+        "trials": trials,
+    }
+
+
+def _typed(text: str) -> Any:
+    """MLflow keeps params as strings; the report wants numbers back where they were numbers."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def log_report(uri: str, parent_run_id: str, out_dir: Path) -> None:
+    """The report's files as artifacts of the sweep's parent run (`report/`)."""
+    client(uri).log_artifacts(parent_run_id, str(out_dir), "report")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray import tune
 
-from sweeper.config import Sweep, trial_config
+from sweeper.config import Sweep, trial_config, trial_params
 
 STATE_FILE = "trial_state.pt"
 
@@ -37,7 +37,9 @@ def _better(a: float, b: float | None, mode: str) -> bool:
 
 
 def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
-    """Train one trial; `config` holds the searched values as dotted keys (`train.lr`)."""
+    """Train one trial; `config` holds the searched values as dotted keys (`train.lr`), or an
+    ablation point (`{"ablation": {"variant", "seed", "params"}}`)."""
+    config = trial_params(config)
     if sweep.spec.command is not None:
         run_command_trial(config, sweep)
         return

@@ -161,3 +161,25 @@ def test_resume_without_an_experiment_says_where_it_looked(tmp_path: Path, monke
     res = runner.invoke(app, ["resume", "nope"])
     assert res.exit_code == 2
     assert "no sweep experiment at 'nope'" in res.output and "runs/nope" in res.output
+
+
+def test_dry_run_of_a_command_sweep_prints_the_first_command_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sweeps/command-demo.yaml: the exact lines the first trials run, as the seeded sampler draws them."""
+    import optuna
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    result = runner.invoke(app, ["launch", "sweeps/command-demo.yaml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("trial ")]
+    assert len(lines) == 3
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))  # what launch's searcher asks first
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    first = study.ask({"lr": FloatDistribution(1e-3, 0.5, log=True), "hidden": CategoricalDistribution([8, 32])}).params
+    script = "tests/command_scripts/train_argparse.py"
+    import sys
+
+    assert lines[0] == (f"trial 1: {sys.executable} {script} --epochs 6 --sleep 1.0 "
+                        f"--lr {first['lr']!r} --hidden {first['hidden']}")
+    assert "overrides: argparse; metrics: stdout; checkpoint dir in $SWEEPER_CHECKPOINT_DIR" in result.output

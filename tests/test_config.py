@@ -242,3 +242,80 @@ def test_builtin_task_refuses_a_command_section(tmp_path: Path, data_dir: Path) 
     path = write(tmp_path, GOOD + "command: {run: 'python x.py {overrides}'}\n")
     with pytest.raises(SweepConfigError, match="only task 'command' runs a command"):
         load_sweep(path)
+
+
+# --------------------------------------------------------------------------- ablations
+ABLATION = """
+name: abl
+task: detection
+data: {train: d/train.json, val: d/val.json, images: d/images}
+base:
+  model: {backbone: resnet18, fpn_channels: 32}
+  train: {epochs: 4, resolution: 64, lr: 0.01}
+ablation:
+  factors:
+    model.backbone: [resnet34, mobilenetv3_small_100]
+    train.resolution: [96]
+  seeds: 3
+objective: {metric: map50, mode: max}
+"""
+
+
+def test_ablation_plan_changes_exactly_one_factor_with_the_same_seeds(tmp_path: Path, data_dir: Path) -> None:
+    from sweeper.config import trial_params
+
+    sweep = load_sweep(write(tmp_path, ABLATION))
+    assert sweep.spec.scheduler.name == "fifo"  # early stopping would bias the comparison
+    assert [name for name, _ in sweep.variants] == [
+        "baseline", "model.backbone=resnet34", "model.backbone=mobilenetv3_small_100", "train.resolution=96"]
+    points = sweep.ablation_points
+    assert sweep.num_trials == len(points) == 12
+    baseline = {s: flatten(trial_config(sweep, trial_params({"ablation": p}))) for p in points
+                if p["variant"] == "baseline" for s in [p["seed"]]}
+    seeds_per_variant: dict[str, list[int]] = {}
+    for p in points:
+        cfg = flatten(trial_config(sweep, trial_params({"ablation": p})))
+        diff = {k for k in cfg if cfg[k] != baseline[p["seed"]][k]}
+        assert diff == set(dict(sweep.variants)[p["variant"]]), (p, diff)
+        assert cfg["train.seed"] == p["seed"]
+        seeds_per_variant.setdefault(p["variant"], []).append(p["seed"])
+    assert all(seeds == [0, 1, 2] for seeds in seeds_per_variant.values())
+    assert [p["variant"] for p in points[:4]] == [name for name, _ in sweep.variants]  # seed-major
+
+
+def test_full_factorial_counts_every_combination(tmp_path: Path, data_dir: Path) -> None:
+    text = ABLATION.replace("  seeds: 3", "  seeds: [7, 11]\n  full_factorial: true")
+    sweep = load_sweep(write(tmp_path, text))
+    assert len(sweep.variants) == 3 * 2  # backbone (base + 2) x resolution (base + 1)
+    assert sweep.num_trials == 12
+    assert ("model.backbone=resnet34,train.resolution=96", {"model.backbone": "resnet34", "train.resolution": 96}) in sweep.variants
+    assert {p["seed"] for p in sweep.ablation_points} == {7, 11}
+
+
+def test_an_asked_for_scheduler_is_kept(tmp_path: Path, data_dir: Path) -> None:
+    sweep = load_sweep(write(tmp_path, ABLATION + "scheduler: {name: asha}\n"))
+    assert sweep.spec.scheduler.name == "asha"
+
+
+BAD_ABLATION = [
+    ("search and ablation", "objective:", "search: {train.batch_size: {choice: [2, 4]}}\nobjective:", "ablation", "not both"),
+    ("unknown factor", "train.resolution: [96]", "train.resolutoin: [96]", "ablation.factors.train.resolutoin",
+     "did you mean 'train.resolution'"),
+    ("baseline value", "train.resolution: [96]", "train.resolution: [64]", "ablation.factors.train.resolution",
+     "baseline's own value"),
+    ("empty values", "train.resolution: [96]", "train.resolution: []", "ablation.factors.train.resolution", "non-empty"),
+    ("bad value type", "train.resolution: [96]", "train.resolution: [big]", "ablation.factors.train.resolution",
+     "does not fit"),
+    ("seed as factor", "train.resolution: [96]", "train.seed: [1]", "ablation.factors.train.seed", "seed key"),
+    ("zero seeds", "seeds: 3", "seeds: 0", "ablation.seeds", "at least 1 seed"),
+]
+
+
+@pytest.mark.parametrize("case, old, new, field, words", BAD_ABLATION, ids=[b[0] for b in BAD_ABLATION])
+def test_bad_ablations_name_the_field(tmp_path: Path, data_dir: Path, case: str, old: str, new: str, field: str,
+                                      words: str) -> None:
+    path = write(tmp_path, ABLATION.replace(old, new))
+    with pytest.raises(SweepConfigError) as exc:
+        load_sweep(path)
+    assert exc.value.field == field, str(exc.value)
+    assert words in str(exc.value)
