@@ -516,7 +516,7 @@ def _check_ablation(file: Path, spec: SweepFile, base_model: type[BaseModel], ba
     for key, values in abl.factors.items():
         field = f"ablation.factors.{key}"
         if key == seed_key:
-            raise SweepConfigError(file, field, f"is the seed key; seeds come from `ablation.seeds`")
+            raise SweepConfigError(file, field, "is the seed key; seeds come from `ablation.seeds`")
         if not isinstance(values, list) or not values:
             raise SweepConfigError(file, field, "needs a non-empty list of values to compare with the baseline")
         if spec.task not in OPEN_TASKS:

@@ -15,7 +15,6 @@ import pytest
 from sweeper.report import report
 from sweeper.tasks.command import (
     CommandFailed,
-    CommandProcess,
     CommandTrial,
     EpochMetrics,
     MetricsFile,

@@ -319,3 +319,24 @@ def test_bad_ablations_name_the_field(tmp_path: Path, data_dir: Path, case: str,
         load_sweep(path)
     assert exc.value.field == field, str(exc.value)
     assert words in str(exc.value)
+
+
+@pytest.mark.parametrize("objective, field, words", [
+    ("[{metric: map50}, {metric: map50, mode: min}]", "objective", "lists a metric twice"),
+    ("[{metric: map50}, {metric: latency}]", "objective[1].metric", "does not report 'latency'"),
+    ("[]", "objective", "needs a metric"),
+    ("[{metric: map50, mode: maximise}]", "objective.0.mode", "'max' or 'min'"),
+])
+def test_bad_objective_lists(tmp_path: Path, data_dir: Path, objective: str, field: str, words: str) -> None:
+    path = write(tmp_path, GOOD.replace("objective: {metric: map50, mode: max}", f"objective: {objective}"))
+    with pytest.raises(SweepConfigError) as exc:
+        load_sweep(path)
+    assert exc.value.field == field, str(exc.value)
+    assert words in str(exc.value)
+
+
+def test_multi_objective_needs_optuna(tmp_path: Path, data_dir: Path) -> None:
+    text = GOOD.replace("objective: {metric: map50, mode: max}",
+                        "objective: [{metric: map50}, {metric: map_small}]\nsearch_alg: {name: random}")
+    with pytest.raises(SweepConfigError, match="needs Optuna"):
+        load_sweep(write(tmp_path, text))

@@ -132,3 +132,35 @@ budget: {num_samples: 2}
         searcher.suggest("t1")
         searcher.save(str(tmp_path / f"{alg}.pkl"))
         assert pickle.loads(pickle.dumps(searcher.searcher.study.sampler)).__class__.__name__
+
+
+def test_multi_objective_search_completes_finished_trials_and_prunes_stopped_ones(tmp_path: Path) -> None:
+    """Optuna's multi-objective TPE gets both values; an ASHA stop is PRUNED; no intermediate reports
+    (Optuna keeps none for multi-objective studies and would raise)."""
+    from sweeper.search import build_searcher
+
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    for name in ("train.json", "val.json"):
+        (tmp_path / "d" / name).write_text("{}")
+    sweep_file = tmp_path / "mo.yaml"
+    sweep_file.write_text(
+        "name: mo\ntask: detection\ndata: {train: d/train.json, val: d/val.json, images: d/images}\n"
+        "base: {train: {epochs: 6}}\nsearch: {train.lr: {loguniform: [1.0e-4, 1.0e-1]}}\n"
+        "objective: [{metric: map50, mode: max}, {metric: train/loss, mode: min}]\nbudget: {num_samples: 4}\n")
+    sweep = load_sweep(sweep_file, cwd=tmp_path)
+    assert [o.metric for o in sweep.objectives] == ["map50", "train/loss"] and sweep.spec.objective.metric == "map50"
+    limiter = build_searcher(sweep, max_concurrent=4)
+    s = limiter.searcher
+    for i in range(3):
+        assert 0 < s.suggest(f"t{i}")["train.lr"] < 0.1
+    for epoch in range(1, 7):
+        s.on_trial_result("t0", {**result(epoch, 0.1 * epoch), "train/loss": 1.0 / epoch})
+    s.on_trial_complete("t0", {**result(6, 0.6), "train/loss": 0.2})
+    s.on_trial_complete("t1", {**result(2, 0.1), "train/loss": 0.9})  # stopped at the epoch-2 rung
+    s.on_trial_complete("t2", {**result(6, 0.3), "train/loss": 0.1})
+    study = s.study
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[0].values == pytest.approx([0.6, 0.2]) and trials[0].intermediate_values == {}
+    assert trials[1].state == State.PRUNED
+    assert {t.number for t in study.best_trials} == {0, 2}  # both on the Pareto front
