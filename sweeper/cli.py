@@ -103,9 +103,11 @@ def _plan_table(sweep: Sweep) -> str:
     fixed = Table(title="fixed (base)")
     fixed.add_column("key")
     fixed.add_column("value")
+    from sweeper.config import SECRET_NAME
+
     for key, value in flat.items():
         if key not in {d.key for d in sweep.dimensions}:
-            fixed.add_row(key, str(value))
+            fixed.add_row(key, "***" if SECRET_NAME.search(key) else str(value))
     c.print(fixed)
     sched = spec.scheduler
     max_t = sweep.max_t
@@ -162,7 +164,7 @@ def _print_ablation(c: Console, sweep: Sweep, flat: dict[str, Any]) -> None:
 
 def _print_commands(c: Console, sweep: Sweep, n: int = 3) -> None:
     """The exact command lines of the first trials (`<trial_dir>` is Ray's per-trial directory)."""
-    from sweeper.config import script_params
+    from sweeper.config import redact, script_params
     from sweeper.spaces import example_points
     from sweeper.tasks.command import render_command
 
@@ -178,7 +180,7 @@ def _print_commands(c: Console, sweep: Sweep, n: int = 3) -> None:
                                 seed=sweep.spec.search_alg.seed)
     for i, point in enumerate(points, 1):
         line, env = render_command(cmd.run, script_params(sweep, point), cmd.overrides, trial_dir="<trial_dir>")
-        prefix = " ".join(f"{k}={v}" for k, v in {**env, **cmd.env}.items())
+        prefix = " ".join(f"{k}={v}" for k, v in redact({**env, **cmd.env}).items())
         c.print(f"trial {i}: {prefix + ' ' if prefix else ''}{line}", highlight=False, markup=False, soft_wrap=True)
 
 
@@ -211,6 +213,12 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
     console.print(f"\n[bold]{outcome.name}[/]: {outcome.finished} finished, {outcome.stopped} stopped early "
                   f"by ASHA, {outcome.failed} failed of {outcome.num_trials} trials in {outcome.wall_s:.0f} s")
     _print_board(sweep.spec.tracking.uri, sweep.name, top=10, fmt=Fmt.table)
+    if outcome.failure_budget_hit:
+        err_console.print(f"[bold red]stopped[/]: {outcome.failed} trials failed, more than "
+                          f"budget.max_failed_trials ({sweep.spec.budget.max_failed_trials}); the errors are in the "
+                          "leaderboard above and in each trial's MLflow run (error.txt). Fix the cause and "
+                          f"start again: sweeper launch {sweep_file} --fresh", highlight=False)
+        raise typer.Exit(1)
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/]: to continue: {continue_cmd}", highlight=False)
         raise typer.Exit(130)

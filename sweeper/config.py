@@ -564,6 +564,21 @@ def trial_config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+#: names whose values are never logged or printed: tokens, secrets, passwords, credentials, API keys
+SECRET_NAME = re.compile(r"token|secret|passw(or)?d|credential|(^|[./])key$|(api|access|private|auth)[_-]?key$",
+                         re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(tree: Any) -> Any:
+    """A copy of `tree` with the values of secret-looking keys (SECRET_NAME) replaced by ***."""
+    if isinstance(tree, dict):
+        return {k: REDACTED if isinstance(k, str) and SECRET_NAME.search(k) else redact(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact(v) for v in tree]
+    return tree
+
+
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     """A trial's own values as dotted keys, from the config Ray hands the trial: the searched
     values, or an ablation point's changed keys plus its seed."""

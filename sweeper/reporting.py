@@ -31,7 +31,7 @@ ALPHA = 0.05
 TOP_N = 10
 ERROR_CHARS = 120
 DASH = "\u2014"
-STATUS_ORDER = ("finished", "stopped", "running", "failed")
+STATUS_ORDER = ("finished", "stopped", "running", "diverged", "failed")
 BASELINE_COLOUR = "#7f7f7f"
 HIGHLIGHT_COLOUR = "#d62728"
 ABLATION_COLUMNS = ["variant", "n", "mean \u00b1 95% CI", "\u0394 vs baseline [95% CI]", "p",
@@ -545,7 +545,7 @@ def _pareto_section(data: dict, fig_dir: Path) -> list[Block]:
 
 
 def _failed_section(data: dict) -> list[Block]:
-    failed = [t for t in _trials(data) if t.get("status") == "failed"]
+    failed = [t for t in _trials(data) if t.get("status") in ("failed", "diverged")]
     if not failed:
         return []
     rows = [[str(t.get("trial")), " ".join(str(t.get("error") or DASH).split())[:ERROR_CHARS]]

@@ -23,6 +23,28 @@ from sweeper.config import Sweep
 STATE_FILE = "sweeper.json"
 
 
+def _failure_budget_class():  # noqa: ANN202 - defined lazily: Ray is imported only when a sweep runs
+    from ray.tune import Callback, Stopper
+
+    class FailureBudget(Callback, Stopper):
+        """Stops the whole sweep once more than `limit` trials have failed for good: a broken
+        dataset or script should not burn a cluster-night failing trial after trial."""
+
+        def __init__(self, limit: int) -> None:
+            self.limit, self.failed = limit, 0
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+            self.failed += 1
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.failed > self.limit
+
+    return FailureBudget
+
+
 @dataclass
 class Outcome:
     """What a launch ended with."""
@@ -36,6 +58,7 @@ class Outcome:
     failed: int
     interrupted: bool
     resumed: bool
+    failure_budget_hit: bool
     best: dict[str, Any] | None
     wall_s: float
 
@@ -173,6 +196,8 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False)
     else:
         parent_run_id = tracking.start_sweep_run(sweep, chash)
+        budget = spec.budget.max_failed_trials
+        failure_budget = _failure_budget_class()(budget) if budget is not None else None
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.max_t,
                                    grace_period=spec.scheduler.grace_period,
                                    reduction_factor=spec.scheduler.reduction_factor,
@@ -195,7 +220,9 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             ),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage, verbose=verbose,
-                callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id)],
+                callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id),
+                           *([failure_budget] if failure_budget else [])],
+                stop=failure_budget,
                 # keep >= 3: a hard kill can otherwise leave state pointing at a pruned checkpoint
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=spec.objective.metric,
@@ -229,6 +256,8 @@ def _summarize(sweep: Sweep, results, exp_dir: str, parent_run_id: str, resumed:
         elif r.metrics and r.metrics.get("epoch", 0) >= min(r.metrics.get("epochs_total", sweep.max_t), sweep.max_t):
             finished += 1
     interrupted = finished + stopped + failed < sweep.num_trials
+    limit = sweep.spec.budget.max_failed_trials
+    budget_hit = limit is not None and failed > limit
     best = None
     try:
         board = tracking.leaderboard(sweep.spec.tracking.uri, sweep.name, top=1)
@@ -240,4 +269,4 @@ def _summarize(sweep: Sweep, results, exp_dir: str, parent_run_id: str, resumed:
     tracking.finish_sweep_run(sweep.spec.tracking.uri, parent_run_id, best,
                               "KILLED" if interrupted else "FINISHED")
     return Outcome(sweep.name, exp_dir, parent_run_id, sweep.num_trials, finished, stopped, failed,
-                   interrupted, resumed, best, wall_s)
+                   interrupted, resumed, budget_hit, best, wall_s)

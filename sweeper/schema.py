@@ -237,6 +237,8 @@ class Budget(Strict):
     num_samples: int = Field(8, ge=1, description="trials to run (grid: passes over the grid)")
     max_concurrent: int | None = Field(None, ge=1, description="trials at once; default what fits")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial, from its checkpoint")
+    max_failed_trials: int | None = Field(None, ge=0, description="stop the sweep once more trials than this "
+                                          "have failed (after their retries); null = never")
 
 
 class Resources(Strict):

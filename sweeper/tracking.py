@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ray.tune import Callback
 
-from sweeper.config import Sweep, flatten, trial_config, trial_params
+from sweeper.config import REDACTED, SECRET_NAME, Sweep, flatten, redact, trial_config, trial_params
 from sweeper.search import stopped_early
 
 #: Ray's bookkeeping keys that are not worth an MLflow metric.
@@ -28,7 +29,6 @@ _RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_
              "time_since_restore", "iterations_since_restore", "done", "epochs_total",
              "checkpoint_dir_name", "should_checkpoint"}
 _BAD_CHARS = re.compile(r"[^/\w.\- :]")
-_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
 
 def metric_key(name: str) -> str:
@@ -80,9 +80,19 @@ def start_sweep_run(sweep: Sweep, config_hash: str) -> str:
         "sweeper.config_hash": config_hash,
         "sweeper.sweep_file": str(sweep.file),
     })
-    c.log_text(run.info.run_id, sweep.file.read_text(), "sweep.yaml")
-    c.log_dict(run.info.run_id, sweep.raw, "sweep.resolved.json")
+    c.log_text(run.info.run_id, _sweep_text(sweep), "sweep.yaml")
+    c.log_dict(run.info.run_id, redact(sweep.raw), "sweep.resolved.json")
     return run.info.run_id
+
+
+def _sweep_text(sweep: Sweep) -> str:
+    """The sweep file as written, unless it holds secret-looking keys: then re-dumped, redacted."""
+    text = sweep.file.read_text()
+    doc = yaml.safe_load(text)
+    if redact(doc) == doc:
+        return text
+    return f"# {sweep.file}, with the values of secret-looking keys replaced by {REDACTED}\n" + \
+        yaml.safe_dump(redact(doc), sort_keys=False)
 
 
 def reopen_sweep_run(uri: str, run_id: str) -> None:
@@ -166,10 +176,10 @@ class MLflowTrialLogger(Callback):
             tags.update({"sweeper.variant": point["variant"], "sweeper.seed": str(point["seed"])})
         run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
         full = flatten(trial_config(self.sweep, params))
-        logged = [Param(k, str(v)[:6000]) for k, v in full.items() if not _SECRET.search(k)]
+        logged = [Param(k, str(v)[:6000]) for k, v in full.items() if not SECRET_NAME.search(k)]
         for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
             self.c.log_batch(run.info.run_id, params=logged[i:i + 100])
-        self.c.log_dict(run.info.run_id, trial_config(self.sweep, params), "trial_config.json")
+        self.c.log_dict(run.info.run_id, redact(trial_config(self.sweep, params)), "trial_config.json")
         return run.info.run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
@@ -207,7 +217,9 @@ class MLflowTrialLogger(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
         run_id = self.run_id(trial)
         message = _trial_error_text(trial)
-        self.c.set_tag(run_id, "sweeper.status", "failed")
+        # a NaN/inf loss is a property of the configuration (lr too high), not a crash
+        diverged = "NonFiniteLossError" in message
+        self.c.set_tag(run_id, "sweeper.status", "diverged" if diverged else "failed")
         self.c.set_tag(run_id, "sweeper.error", _last_line(message)[:5000])
         self.c.log_text(run_id, message, "error.txt")
         self._attach_log(trial, run_id)

@@ -340,3 +340,15 @@ def test_multi_objective_needs_optuna(tmp_path: Path, data_dir: Path) -> None:
                         "objective: [{metric: map50}, {metric: map_small}]\nsearch_alg: {name: random}")
     with pytest.raises(SweepConfigError, match="needs Optuna"):
         load_sweep(write(tmp_path, text))
+
+
+def test_redact_masks_secret_looking_names_only() -> None:
+    from sweeper.config import redact
+
+    doc = {"env": {"WANDB_API_KEY": "k1", "HF_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s", "PYTHONUNBUFFERED": "1"},
+           "base": {"db": {"password": "p"}, "wandb": {"key": "w"}, "monkey": 3, "keypoints": 17},
+           "ablation": {"seed_key": "train.seed"}, "list": [{"auth_key": "a"}]}
+    assert redact(doc) == {
+        "env": {"WANDB_API_KEY": "***", "HF_TOKEN": "***", "AWS_SECRET_ACCESS_KEY": "***", "PYTHONUNBUFFERED": "1"},
+        "base": {"db": {"password": "***"}, "wandb": {"key": "***"}, "monkey": 3, "keypoints": 17},
+        "ablation": {"seed_key": "train.seed"}, "list": [{"auth_key": "***"}]}

@@ -247,13 +247,13 @@ class CommandProcess:
     """The command in its own process group, output streamed to `log_path`."""
 
     def __init__(self, command: str, *, cwd: str, env: dict[str, str], log_path: Path,
-                 stop_grace_s: float = 10.0, tail_lines: int = 30) -> None:
+                 stop_grace_s: float = 10.0, tail_lines: int = 30, shown: str | None = None) -> None:
         self.command, self.grace = command, stop_grace_s
         self.stdout_lines: queue.Queue[str] = queue.Queue()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
         self._log_lock = threading.Lock()
-        self._log.write(f"$ {command}\n")
+        self._log.write(f"$ {shown or command}\n")
         self.proc = subprocess.Popen(
             [sys.executable, "-S", GUARD, str(os.getpid()), str(stop_grace_s), "--", "/bin/sh", "-c", command],
             cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -322,6 +322,11 @@ class CommandTrial:
         self.checkpoint_dir = Path(checkpoint_dir or f"{self.trial_dir}.checkpoint")
         self.line, extra_env = render_command(command["run"], params, command["overrides"],
                                               trial_dir=str(self.trial_dir))
+        # what the log, errors and MLflow show: secret-looking values masked (sweeper.config.redact)
+        from sweeper.config import redact
+
+        self.shown_line = render_command(command["run"], redact(params), command["overrides"],
+                                         trial_dir=str(self.trial_dir))[0]
         env = {**os.environ, **thread_env(cpus), **extra_env, **command.get("env", {}),
                "SWEEPER_TRIAL_DIR": str(self.trial_dir), "PYTHONUNBUFFERED": "1"}
         if gpu_ids is not None:
@@ -338,7 +343,7 @@ class CommandTrial:
 
     def start(self) -> None:
         self.process = CommandProcess(self.line, cwd=self.spec["workdir"], env=self.env, log_path=self.log_path,
-                                      stop_grace_s=float(self.spec.get("stop_grace_s", 10)))
+                                      stop_grace_s=float(self.spec.get("stop_grace_s", 10)), shown=self.shown_line)
 
     def _collect(self) -> None:
         assert self.process is not None
@@ -370,7 +375,7 @@ class CommandTrial:
         if rc != 0:
             tail = "\n".join(self.process.stderr_tail) or "(nothing on stderr)"
             how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
-            raise CommandFailed(f"command {how}: {self.line}\nlast lines of stderr:\n{tail}")
+            raise CommandFailed(f"command {how}: {self.shown_line}\nlast lines of stderr:\n{tail}")
         if self.metrics.last_reported == 0:
             source = self.spec.get("metrics", "stdout")
             raise CommandFailed(f"command exited 0 but never reported {self.objective!r} with an `epoch` "

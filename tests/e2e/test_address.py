@@ -66,7 +66,7 @@ def test_launch_joins_a_running_cluster_and_survives_a_diverging_trial(tmp_path:
     board = json.loads(subprocess.run([sys.executable, "-m", "sweeper.cli", "leaderboard", "joined", "--format", "json"],
                                       cwd=tmp_path, capture_output=True, text=True, check=True).stdout)
     rows = board["rows"]
-    assert [r["status"] for r in rows] == ["finished", "failed"]  # failed trials sort last
+    assert [r["status"] for r in rows] == ["finished", "diverged"]  # failed trials sort last
     assert float(rows[1]["train.lr"]) == 1e10
     assert "NonFiniteLossError" in rows[1]["error"] and "non-finite training loss" in rows[1]["error"]
     assert rows[0]["epoch"] == 2

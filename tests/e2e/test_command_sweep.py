@@ -166,3 +166,103 @@ def test_crash_resumes_from_script_checkpoint_and_exit_1_fails_clearly(tmp_path:
     assert "command exited with code 1" in text
     assert "FileNotFoundError: dataset /data/missing.json does not exist" in text
     assert "command.log" in artifacts(tmp_path, bad.info.run_id)
+
+
+def test_command_ablation_passes_variant_and_seed_to_the_script(tmp_path: Path) -> None:
+    launch(tmp_path, f"""
+        name: cmd-ablation
+        task: command
+        command:
+          run: "{{python}} {SCRIPTS / 'train_argparse.py'} {{overrides}}"
+          overrides: argparse
+          epochs: 2
+        base:
+          epochs: 2
+          lr: 0.05
+        ablation:
+          factors:
+            hidden: [4]
+          seeds: 2                    # sets the script's own --seed (ablation.seed_key default: seed)
+        objective: {{metric: val/acc, mode: max}}
+        budget: {{max_concurrent: 2}}
+    """)
+    runs = trial_runs(tmp_path, "cmd-ablation")
+    seen = sorted((r.data.tags["sweeper.variant"], r.data.tags["sweeper.seed"], r.data.params["seed"],
+                   r.data.params.get("hidden")) for r in runs)
+    assert seen == [("baseline", "0", "0", None), ("baseline", "1", "1", None),
+                    ("hidden=4", "0", "0", "4"), ("hidden=4", "1", "1", "4")]
+    assert all(r.data.tags["sweeper.status"] == "finished" for r in runs)
+    board = subprocess.run([*SWEEPER, "leaderboard", "cmd-ablation", "--group", "variant", "--format", "json"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert board.returncode == 0, board.stderr
+    assert [r["n"] for r in __import__("json").loads(board.stdout)["rows"]] == [2, 2]
+
+
+def test_too_many_failed_trials_stop_the_sweep(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(textwrap.dedent(f"""
+        name: broken
+        task: command
+        command:
+          run: "{{python}} {SCRIPTS / 'train_argparse.py'} --fail true {{overrides}}"
+          overrides: argparse
+          epochs: 2
+        search:
+          lr: {{loguniform: [1.0e-3, 0.1]}}
+        objective: {{metric: val/acc, mode: max}}
+        scheduler: {{name: fifo}}
+        budget: {{num_samples: 8, max_concurrent: 1, max_failed_trials: 1}}
+    """))
+    proc = subprocess.run([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "more than budget.max_failed_trials (1)" in proc.stderr
+    runs = trial_runs(tmp_path, "broken")
+    failed = [r for r in runs if r.data.tags["sweeper.status"] == "failed"]
+    assert len(failed) >= 2 and len(runs) < 8  # stopped well before the budget was spent
+
+
+def test_secrets_reach_the_script_but_never_mlflow_or_the_terminal(tmp_path: Path) -> None:
+    script = tmp_path / "check_env.py"
+    script.write_text(
+        "import os\nfrom sweeper.report import report\n"
+        "ok = os.environ.get('SWEEPER_PARAM_WANDB_API_KEY') == 'topsecret1' and os.environ.get('MY_TOKEN') == 'topsecret2'\n"
+        "report(epoch=1, ok=float(ok))\n")
+    proc = launch(tmp_path, f"""
+        name: secrets
+        task: command
+        command:
+          run: "{{python}} {script}"
+          overrides: env
+          env: {{MY_TOKEN: topsecret2}}
+          epochs: 1
+        base:
+          wandb.api_key: topsecret1
+          lr: 0.1
+        objective: {{metric: ok, mode: max}}
+        scheduler: {{name: fifo}}
+        budget: {{num_samples: 1}}
+    """, "--set", "budget.max_concurrent=1")
+    dry = subprocess.run([*SWEEPER, "launch", "sweep.yaml", "--dry-run"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (run,) = trial_runs(tmp_path, "secrets")
+    assert run.data.metrics["ok"] == 1.0  # the script got both values
+    assert "wandb.api_key" not in run.data.params and run.data.params["lr"] == "0.1"
+    exp = c.get_experiment_by_name("secrets")
+    texts = [proc.stdout, proc.stderr, dry.stdout, json_dump(run.data.params), json_dump(run.data.tags)]
+    for r in c.search_runs([exp.experiment_id]):
+        for a in c.list_artifacts(r.info.run_id):
+            if not a.is_dir:
+                texts.append(Path(c.download_artifacts(r.info.run_id, a.path, str(tmp_path / "dl"))).read_text())
+    assert len(texts) > 6  # sweep.yaml, sweep.resolved.json, trial_config.json, command.log, ...
+    for text in texts:
+        assert "topsecret" not in text
+
+
+def json_dump(obj: object) -> str:
+    import json
+
+    return json.dumps(obj)

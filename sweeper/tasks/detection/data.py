@@ -10,7 +10,10 @@ Contract
 * Training targets leave out ``iscrowd: 1`` and ``ignore: 1`` annotations (COCO scores crowds
   as "ignore" regions, so they must not become positives). Images without annotations stay in
   the set with empty targets: they are the negatives. Boxes with zero or negative size are
-  dropped, counted and reported with one warning per dataset.
+  dropped, counted and reported with one warning per dataset. Boxes reaching outside their
+  image (``width``/``height`` of its ``images`` record, when given) are counted and reported with
+  one warning per dataset; they are clipped to the image when an item is made (dropped if
+  nothing is left), as are boxes outside an image whose record has no size.
 * Transform: resize so the longest side equals ``resolution`` (aspect kept), optional random
   horizontal flip (train only, applied before padding so the padding stays bottom/right), then
   zero-pad bottom/right to ``resolution x resolution``. The detector therefore never resizes
@@ -19,7 +22,11 @@ Contract
 * Every item is ``(image, target)``: image ``float32 [3, R, R]`` in ``[0, 1]``; target has
   ``boxes`` (``float32 [N, 4]`` xyxy, resized coordinates), ``labels`` (``int64 [N]``),
   ``image_id`` (int, the COCO id), ``scale`` (float) and ``orig_size`` (``(height, width)``).
-* Bad input raises :class:`DatasetError` naming the file and the field.
+* Bad input raises :class:`DatasetError` naming the file and the field (and the image or
+  annotation id): a missing or unreadable annotation file, JSON syntax errors, missing keys,
+  duplicate image ids, unknown image or category ids, malformed boxes, a split without images,
+  a ``file_name`` that leaves the images directory (``../x.png``, absolute paths), missing image
+  files (checked at load) and image files that fail to decode (when opened).
 
 Usage::
 
@@ -34,7 +41,7 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -72,6 +79,23 @@ def _field(path: Path, where: str, record: Any, key: str) -> Any:
     if not isinstance(record, dict) or key not in record:
         raise DatasetError(f"{path}: {where} has no '{key}' field")
     return record[key]
+
+
+def _check_file_name(path: Path, where: str, name: str) -> None:
+    """Refuse file names that leave the images directory (checked on the name, not resolved,
+    so an images directory of symlinks still works)."""
+    forms = (PurePosixPath(name), PureWindowsPath(name))
+    if not name or any(p.is_absolute() or p.drive or ".." in p.parts for p in forms):
+        raise DatasetError(f"{path}: {where}: file_name {name!r} must be a relative path inside the images "
+                           "directory (no '..', no absolute path)")
+
+
+def _overhangs(box: list[float], img: dict[str, Any]) -> bool:
+    """Whether an xyxy box reaches outside its image (False when the record has no usable size)."""
+    w, h = img.get("width"), img.get("height")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+        return False
+    return box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h
 
 
 class CocoDetection(Dataset):
@@ -123,10 +147,18 @@ class CocoDetection(Dataset):
             name = _field(path, f"images[{i}] (id {iid})", img, "file_name")
             if iid in index:
                 raise DatasetError(f"{path}: images[{i}]: duplicate image id {iid}")
+            _check_file_name(path, f"images[{i}] (id {iid})", str(name))
             index[iid] = len(self.images)
             self.images.append({"id": iid, "file_name": str(name), "boxes": [], "labels": []})
+        if not self.images:
+            raise DatasetError(f"{path}: 'images' is empty; a split needs at least one image")
+        sizes = [{k: img.get(k) for k in ("width", "height")} if isinstance(img, dict) else {} for img in data["images"]]
 
         self.num_dropped = 0
+        #: boxes reaching outside their image's width/height (clipped when an item is made)
+        self.num_outside = 0
+        dropped: list[str] = []
+        outside: list[str] = []
         for i, ann in enumerate(data["annotations"]):
             where = f"annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
             iid = _field(path, where, ann, "image_id")
@@ -147,13 +179,24 @@ class CocoDetection(Dataset):
             x, y, w, h = (float(v) for v in bbox)
             if w <= 0 or h <= 0:
                 self.num_dropped += 1
+                dropped.append(where)
                 continue
             rec = self.images[index[iid]]
             rec["boxes"].append([x, y, x + w, y + h])
             rec["labels"].append(self.cat_id_to_label[cid])
+            if _overhangs(rec["boxes"][-1], sizes[index[iid]]):
+                self.num_outside += 1
+                outside.append(where)
         if self.num_dropped:
             warnings.warn(
-                f"{path}: dropped {self.num_dropped} annotation(s) with zero or negative box size",
+                f"{path}: dropped {self.num_dropped} annotation(s) with zero or negative box size "
+                f"(e.g. {', '.join(dropped[:3])})",
+                stacklevel=2,
+            )
+        if self.num_outside:
+            warnings.warn(
+                f"{path}: {self.num_outside} box(es) reach outside their image's width/height; they are "
+                f"clipped to the image (dropped if nothing is left) (e.g. {', '.join(outside[:3])})",
                 stacklevel=2,
             )
 
@@ -185,9 +228,11 @@ class CocoDetection(Dataset):
             with Image.open(file) as im:
                 return im.convert("RGB")
         except FileNotFoundError:
-            raise DatasetError(f"{file}: image file not found") from None
+            raise DatasetError(f"{file}: image file not found (file_name of image id {self.images[idx]['id']} "
+                               f"in {self.ann_file})") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DatasetError(f"{file}: cannot read image: {exc}") from None
+            raise DatasetError(f"{file}: cannot read image (image id {self.images[idx]['id']} in "
+                               f"{self.ann_file}): {exc}") from None
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, Any]]:
         rec = self.images[idx]
