@@ -21,6 +21,7 @@ from typing import Any, Callable
 from sweeper.config import Sweep
 
 STATE_FILE = "sweeper.json"
+ASHA_STATE = "asha_rungs.json"  # ASHA's rung records, so a resumed sweep keeps judging trials alike
 
 
 def _failure_budget_class():  # noqa: ANN202 - defined lazily: Ray is imported only when a sweep runs
@@ -147,9 +148,10 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     unless they pass.
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from sweeper import tracking
+    from sweeper.scheduler import PersistentASHA
     from sweeper.search import build_searcher
     from sweeper.trainable import run_trial
 
@@ -198,10 +200,11 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         parent_run_id = tracking.start_sweep_run(sweep, chash)
         budget = spec.budget.max_failed_trials
         failure_budget = _failure_budget_class()(budget) if budget is not None else None
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.max_t,
-                                   grace_period=spec.scheduler.grace_period,
-                                   reduction_factor=spec.scheduler.reduction_factor,
-                                   brackets=spec.scheduler.brackets)
+        scheduler = (PersistentASHA(time_attr="epoch", max_t=sweep.max_t,
+                                    grace_period=spec.scheduler.grace_period,
+                                    reduction_factor=spec.scheduler.reduction_factor,
+                                    brackets=spec.scheduler.brackets,
+                                    state_path=str(Path(exp_dir) / ASHA_STATE) if local else None)
                      if spec.scheduler.name == "asha" else FIFOScheduler())
         # an ablation is a fixed list of (variant, seed) points: Tune's grid runs each exactly once
         ablation = spec.ablation is not None

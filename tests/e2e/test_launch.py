@@ -184,3 +184,44 @@ def test_changed_sweep_is_not_silently_continued(finished_sweep) -> None:  # noq
     proc = run_cli(["launch", str(cwd / "asha.yaml"), "--set", "train.epochs=2"], cwd, timeout=120)
     assert proc.returncode == 2
     assert "different configuration" in proc.stderr and "--fresh" in proc.stderr
+
+
+def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path: Path) -> None:
+    """The driver dies without any chance to clean up (SIGKILL, as on a reboot or an OOM kill):
+    `sweeper resume` continues from what Ray and MLflow had persisted."""
+    sweep = write_sweep(tmp_path, "killed", n=4, conc=2, ckpt_s=0)
+    proc = subprocess.Popen([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if len({p.parent for p in (tmp_path / "runs" / "killed").glob("*/checkpoint_*")}) >= 2:
+            break
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait(timeout=30)
+    before = {r.data.tags["sweeper.trial_id"]: r for r in trial_runs(tmp_path, "killed")}
+    assert before and any(r.data.tags["sweeper.status"] == "running" for r in before.values())
+    rung_file = tmp_path / "runs" / "killed" / "asha_rungs.json"
+    rungs_before = json.loads(rung_file.read_text())["brackets"][0]
+    assert any(recorded for _, recorded in rungs_before)
+
+    again = run_cli(["resume", "killed"], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = trial_runs(tmp_path, "killed")
+    assert sorted(r.data.tags["sweeper.trial_id"] for r in runs) == sorted({r.data.tags["sweeper.trial_id"] for r in runs})
+    assert len(runs) == 4
+    for run in runs:
+        assert run.data.tags["sweeper.status"] in ("finished", "stopped"), run.data.tags
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")]
+        assert steps == list(range(1, int(run.data.metrics["epoch"]) + 1)), steps  # none lost, none twice
+        if run.data.tags["sweeper.trial_id"] in before:
+            assert before[run.data.tags["sweeper.trial_id"]].info.run_id == run.info.run_id
+    # ASHA's rungs came back with the sweep: every record made before the kill is still there
+    # (a fresh scheduler would have started from empty rungs and judged the rest against nothing)
+    rungs_after = dict((m, rec) for m, rec in json.loads(rung_file.read_text())["brackets"][0])
+    for milestone, recorded in rungs_before:
+        assert recorded.items() <= rungs_after[milestone].items()

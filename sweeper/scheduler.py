@@ -1,0 +1,65 @@
+"""ASHA that remembers its rungs across a driver restart.
+
+Ray Tune restores a sweep's trials and its searcher after a crash, but the scheduler comes back
+as it was pickled when the sweep started: with empty rungs. A resumed ASHA would then judge the
+next results against nothing and let weak trials run to the end. This subclass writes its rung
+records (small: one number per trial per rung) to `state_path` whenever they change, atomically,
+and reads them back when Tune unpickles it on `Tuner.restore`.
+
+    ASHA(time_attr="epoch", max_t=12, grace_period=1, reduction_factor=3, state_path="runs/x/asha_rungs.json")
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler
+
+
+class PersistentASHA(ASHAScheduler):
+    """`ray.tune.schedulers.ASHAScheduler` whose rung records survive a restart (local storage)."""
+
+    def __init__(self, *args: Any, state_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.state_path = state_path
+
+    def rung_state(self) -> dict[str, Any]:
+        """Per bracket, per rung: milestone and {trial_id: signed objective}; plus the stop count."""
+        return {"num_stopped": self._num_stopped,
+                "brackets": [[[milestone, dict(recorded)] for milestone, recorded in b._rungs]
+                             for b in self._brackets]}
+
+    def load_rung_state(self, state: dict[str, Any]) -> None:
+        if len(state["brackets"]) != len(self._brackets):
+            return  # a different scheduler configuration: start afresh rather than mix
+        for bracket, rungs in zip(self._brackets, state["brackets"]):
+            if [m for m, _ in rungs] != [m for m, _ in bracket._rungs]:
+                return
+        for bracket, rungs in zip(self._brackets, state["brackets"]):
+            for (milestone, recorded), (_, saved) in zip(bracket._rungs, rungs):
+                recorded.update(saved)
+        self._num_stopped = state.get("num_stopped", 0)
+
+    def _save(self) -> None:
+        if not self.state_path:
+            return
+        tmp = f"{self.state_path}.tmp"
+        Path(tmp).write_text(json.dumps(self.rung_state()))
+        os.replace(tmp, self.state_path)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:  # noqa: ANN001
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:  # noqa: ANN001
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        path = state.get("state_path")
+        if path and Path(path).is_file():  # Tune unpickles the scheduler on restore: bring the rungs back
+            self.load_rung_state(json.loads(Path(path).read_text()))
