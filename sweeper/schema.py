@@ -46,6 +46,9 @@ class DetectionTrain(Strict):
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     amp: bool = Field(True, description="mixed precision + channels_last, on CUDA only")
     max_train_images: int | None = Field(None, ge=1, description="use only the first N training images")
+    micro_batches: int = Field(1, ge=1, description="split each batch into this many micro-batches (gradient "
+                               "accumulation): same effective batch and LR schedule, less memory; doubled "
+                               "automatically after a CUDA out-of-memory error")
 
 
 class DetectionPost(Strict):
@@ -237,6 +240,8 @@ class Budget(Strict):
     num_samples: int = Field(8, ge=1, description="trials to run (grid: passes over the grid)")
     max_concurrent: int | None = Field(None, ge=1, description="trials at once; default what fits")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial, from its checkpoint")
+    oom_retries: int = Field(3, ge=0, description="after a CUDA out-of-memory error, retry the trial from its "
+                             "last checkpoint with twice the micro-batches (half the per-step batch), this often")
     max_failed_trials: int | None = Field(None, ge=0, description="stop the sweep once more trials than this "
                                           "have failed (after their retries); null = never")
 

@@ -202,6 +202,9 @@ class MLflowTrialLogger(Callback):
         for i in range(0, len(metrics), 1000):
             self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
         self.last_epoch[run_id] = epoch
+        if result.get("oom_retries"):  # the OOM fallback changed how the trial trains: say so
+            self.c.set_tag(run_id, "sweeper.oom_retries", str(result["oom_retries"]))
+            self.c.set_tag(run_id, "sweeper.micro_batches", str(result.get("train/micro_batches")))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
         run_id = self.run_id(trial)

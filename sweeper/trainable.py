@@ -11,6 +11,7 @@ callbacks can tell "finished" from "stopped early") and `best_objective` (best s
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import tempfile
@@ -50,37 +51,68 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     torch.set_num_threads(_threads_for_trial(sweep))
     cfg = trial_config(sweep, config)
     device = "cuda" if sweep.spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
-    task = load_task(cfg["task"])(cfg, device=device)
     epochs = int(cfg["train"]["epochs"])
     objective, mode = sweep.spec.objective.metric, sweep.spec.objective.mode
 
-    start, best = 1, None
+    saved: dict[str, Any] | None = None  # the last checkpoint's content: where a retry resumes
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             # weights_only: a checkpoint is data, never code to run
-            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=True)
-        task.load_state_dict(state["task"])
-        start, best = state["epoch"] + 1, state.get("best_objective")
+            saved = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=True)
+    oom_retries = int(saved.get("oom_retries", 0)) if saved else 0
+    if saved:
+        cfg["train"]["micro_batches"] = int(saved.get("micro_batches", cfg["train"].get("micro_batches", 1)))
 
+    def build() -> tuple[Any, int, float | None]:
+        """The task, restored from `saved` if there is one; returns (task, first epoch, best)."""
+        task = load_task(cfg["task"])(cfg, device=device)
+        if saved is None:
+            return task, 1, None
+        task.load_state_dict(saved["task"])
+        return task, int(saved["epoch"]) + 1, saved.get("best_objective")
+
+    task, epoch, best = build()
     last_epoch = min(epochs, sweep.max_t)
     last_saved = time.monotonic()
-    for epoch in range(start, epochs + 1):
-        metrics = dict(task.train_one_epoch(epoch))
+    while epoch <= epochs:
+        try:
+            metrics = dict(task.train_one_epoch(epoch))
+        except torch.OutOfMemoryError as exc:
+            micro, batch = int(cfg["train"].get("micro_batches", 1)), int(cfg["train"]["batch_size"])
+            if oom_retries >= sweep.spec.budget.oom_retries or micro >= batch:
+                raise RuntimeError(f"CUDA out of memory at epoch {epoch} with a per-step batch of "
+                                   f"{-(-batch // micro)} ({micro} micro-batches of {batch}) after {oom_retries} "
+                                   f"retries (budget.oom_retries {sweep.spec.budget.oom_retries}): lower "
+                                   "train.batch_size or train.resolution, or give the trial a larger GPU") from exc
+            oom_retries += 1
+            cfg["train"]["micro_batches"] = min(batch, micro * 2)
+            del task
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            task, epoch, best = build()
+            print(f"out of memory at a per-step batch of {-(-batch // micro)}: retrying from epoch {epoch} with "
+                  f"{cfg['train']['micro_batches']} micro-batches (effective batch {batch} kept)", flush=True)
+            continue
         metrics.update(task.evaluate())
         value = metrics.get(objective)
         if value is not None and _better(value, best, mode):
             best = value
-        metrics.update(epoch=epoch, epochs_total=epochs, best_objective=best)
+        metrics.update(epoch=epoch, epochs_total=epochs, best_objective=best, oom_retries=oom_retries,
+                       **{"train/micro_batches": int(cfg["train"].get("micro_batches", 1))})
         due = time.monotonic() - last_saved >= sweep.spec.checkpoint.min_interval_s
         if not (due or epoch >= last_epoch):
             tune.report(metrics)
+            epoch += 1
             continue
         last_saved = time.monotonic()
+        saved = {"task": task.state_dict(), "epoch": epoch, "best_objective": best, "oom_retries": oom_retries,
+                 "micro_batches": int(cfg["train"].get("micro_batches", 1))}
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"task": task.state_dict(), "epoch": epoch, "best_objective": best},
-                       os.path.join(tmp, STATE_FILE))
+            torch.save(saved, os.path.join(tmp, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        epoch += 1
 
 
 def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:

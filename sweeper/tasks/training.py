@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -162,8 +163,19 @@ class Optimization:
 
     def step(self, loss: torch.Tensor) -> None:
         """Backward (scaled under AMP), clip if `train.grad_clip`, optimizer and LR step."""
+        self.zero_grad()
+        self.backward(loss)
+        self.update()
+
+    def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate gradients of one micro-batch (its loss already weighted by its share)."""
         self.scaler.scale(loss).backward()
+
+    def update(self) -> None:
+        """Clip, optimizer step and LR tick, once per (effective) batch."""
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
@@ -187,3 +199,24 @@ class Optimization:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.cuda)
+
+
+def micro_batches(n: int, parts: int) -> list[slice]:
+    """Split a batch of `n` items into at most `parts` contiguous micro-batches (gradient
+    accumulation): same effective batch, same number of optimizer steps, less memory per step."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+#: test-only fault injection: a micro-batch larger than this raises CUDA's out-of-memory error
+INJECT_OOM_ENV = "SWEEPER_INJECT_OOM_ABOVE"
+
+
+def check_injected_oom(micro_batch: int) -> None:
+    """Raise `torch.OutOfMemoryError` when the test hook asks for it (env SWEEPER_INJECT_OOM_ABOVE);
+    lets tests exercise the OOM fallback on CPU through the real training step."""
+    limit = os.environ.get(INJECT_OOM_ENV)
+    if limit is not None and micro_batch > int(limit):
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {INJECT_OOM_ENV}={limit} for a "
+                                     f"micro-batch of {micro_batch})")

@@ -173,3 +173,20 @@ def test_the_seed_controls_every_random_choice(data: dict) -> None:
     (a, wa), (b, wb), (c, wc) = run(0), run(0), run(1)
     assert a == b and torch.equal(wa, wb)
     assert a != c and not torch.equal(wa, wc)
+
+
+def test_micro_batches_keep_the_optimizer_steps_and_the_injected_oom_hook(data: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweeper.tasks.training import INJECT_OOM_ENV, micro_batches
+
+    assert micro_batches(5, 2) == [slice(0, 2), slice(2, 5)]
+    assert micro_batches(3, 8) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    whole = DetectionTask(make_config(data, batch_size=2), device="cpu")
+    split = DetectionTask(make_config(data, batch_size=2, micro_batches=2), device="cpu")
+    whole.train_one_epoch(1)
+    b = split.train_one_epoch(1)
+    assert math.isfinite(b["train/loss"])
+    assert whole.opt.scheduler.last_epoch == split.opt.scheduler.last_epoch  # one LR/optimizer step per batch
+    monkeypatch.setenv(INJECT_OOM_ENV, "1")
+    with pytest.raises(torch.OutOfMemoryError, match="injected"):
+        whole.train_one_epoch(2)
+    split.train_one_epoch(2)  # micro-batches of 1 image pass the hook

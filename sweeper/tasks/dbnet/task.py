@@ -36,7 +36,13 @@ from sweeper.tasks.dbnet.hmean import TextSample, icdar15_hmean
 from sweeper.tasks.dbnet.loss import DBLoss
 from sweeper.tasks.dbnet.model import build_dbnet
 from sweeper.tasks.dbnet.postprocess import polygons_from_prob
-from sweeper.tasks.training import Optimization, best_over_grid, seed_everything
+from sweeper.tasks.training import (
+    Optimization,
+    best_over_grid,
+    check_injected_oom,
+    micro_batches,
+    seed_everything,
+)
 
 POST_KEYS = ("thresh", "box_thresh", "unclip_ratio", "max_candidates", "min_size")
 
@@ -97,6 +103,7 @@ class DBNetTask:
 
         self.model = build_dbnet(config["model"]).to(self.device)
         self.loss = DBLoss(**config.get("loss", {}))
+        self.micro_batches = int(train.get("micro_batches", 1))
         self.opt = Optimization(self.model, train, len(self.train_loader), amp=self.use_amp,
                                 cuda=self.device.type == "cuda")
 
@@ -111,20 +118,26 @@ class DBNetTask:
         for step, (images, maps, _) in enumerate(self.train_loader, start=1):
             images = images.to(self.device, non_blocking=True)
             maps = {k: v.to(self.device, non_blocking=True) for k, v in maps.items()}
-            with torch.autocast("cuda", enabled=self.use_amp):
-                out = self.model(images)
-            losses = self.loss({k: v.float() for k, v in out.items()}, maps)
-            value = float(losses["loss"].detach())
-            if not math.isfinite(value):
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "loss")
-                raise NonFiniteLossError(f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})")
             lr = self.opt.lr
-            self.opt.step(losses["loss"])
-            total += value
+            self.opt.zero_grad()
+            for part in micro_batches(images.shape[0], self.micro_batches):  # gradient accumulation
+                check_injected_oom(images[part].shape[0])
+                share = images[part].shape[0] / images.shape[0]
+                with torch.autocast("cuda", enabled=self.use_amp):
+                    out = self.model(images[part])
+                # hard-negative mining (OHEM) then runs per micro-batch
+                losses = self.loss({k: v.float() for k, v in out.items()}, {k: v[part] for k, v in maps.items()})
+                value = float(losses["loss"].detach())
+                if not math.isfinite(value):
+                    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "loss")
+                    raise NonFiniteLossError(f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})")
+                self.opt.backward(losses["loss"] * share)
+                total += value * share
+                for k, v in losses.items():
+                    if k != "loss":
+                        terms[k] = terms.get(k, 0.0) + float(v.detach()) * share
+            self.opt.update()
             n_images += images.shape[0]
-            for k, v in losses.items():
-                if k != "loss":
-                    terms[k] = terms.get(k, 0.0) + float(v.detach())
         steps = max(1, n_steps)
         metrics = {"train/loss": total / steps, "train/lr": lr,
                    "train/images_per_s": n_images / max(time.perf_counter() - start, 1e-9)}

@@ -36,7 +36,13 @@ import numpy as np
 import torch
 
 from sweeper.tasks import NonFiniteLossError
-from sweeper.tasks.training import Optimization, best_over_grid, seed_everything
+from sweeper.tasks.training import (
+    Optimization,
+    best_over_grid,
+    check_injected_oom,
+    micro_batches,
+    seed_everything,
+)
 from sweeper.tasks.detection.coco_eval import evaluate_coco, load_coco_gt
 from sweeper.tasks.detection.data import CocoDetection, make_loader, set_loader_epoch, to_original_coords
 from sweeper.tasks.detection.model import build_model, set_postprocess
@@ -80,6 +86,7 @@ class DetectionTask:
             self.model.to(memory_format=torch.channels_last)
 
         self.opt = Optimization(self.model, train, len(self.train_loader), amp=self.use_amp, cuda=self.use_cuda)
+        self.micro_batches = int(train.get("micro_batches", 1))
 
     @staticmethod
     def _parse_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -106,30 +113,37 @@ class DetectionTask:
         for step, (images, targets) in enumerate(self.train_loader, start=1):
             images = [im.to(self.device, non_blocking=True) for im in images]
             targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
-            try:
-                with torch.autocast("cuda", enabled=self.use_amp):
-                    loss_dict = self.model(images, targets)
-            except Exception as exc:
-                # Exploded weights often break box decoding/matching before a loss exists.
-                if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-                    raise NonFiniteLossError(
-                        f"epoch {epoch}, step {step}/{n_steps}: model weights are NaN/inf "
-                        f"(forward failed: {exc})"
-                    ) from exc
-                raise
-            loss = sum(loss_dict.values())
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
-                raise NonFiniteLossError(
-                    f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})"
-                )
             lr = self.opt.lr
-            self.opt.step(loss)
-            total += value
+            self.opt.zero_grad()
+            for part in micro_batches(len(images), self.micro_batches):  # gradient accumulation
+                check_injected_oom(len(images[part]))
+                share = len(images[part]) / len(images)
+                try:
+                    with torch.autocast("cuda", enabled=self.use_amp):
+                        loss_dict = self.model(images[part], targets[part])
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as exc:
+                    # Exploded weights often break box decoding/matching before a loss exists.
+                    if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                        raise NonFiniteLossError(
+                            f"epoch {epoch}, step {step}/{n_steps}: model weights are NaN/inf "
+                            f"(forward failed: {exc})"
+                        ) from exc
+                    raise
+                loss = sum(loss_dict.values())
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
+                    raise NonFiniteLossError(
+                        f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})"
+                    )
+                self.opt.backward(loss * share)
+                total += value * share
+                for k, v in loss_dict.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach()) * share
+            self.opt.update()
             n_images += len(images)
-            for k, v in loss_dict.items():
-                terms[k] = terms.get(k, 0.0) + float(v.detach())
         elapsed = time.perf_counter() - start
         steps = max(1, n_steps)
         metrics = {"train/loss": total / steps, "train/lr": lr, "train/images_per_s": n_images / max(elapsed, 1e-9)}

@@ -1,0 +1,53 @@
+"""Faults injected into real trials on CPU: CUDA out-of-memory (through the test hook in the
+training step) falls back to micro-batches that keep the effective batch; past the retry budget
+the trial fails with a message that says what to change."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SWEEP = """
+name: oom
+task: detection
+data: {train: data/train.json, val: data/val.json, images: data/images, synth: {images: 12, size: 64, seed: 1}}
+base:
+  model: {arch: retinanet, backbone: resnet18, fpn_channels: 16}
+  train: {epochs: 2, resolution: 64, warmup_epochs: 0, lr: 0.001, optimizer: adamw}
+search:
+  train.batch_size: {grid: [2, 4]}
+objective: {metric: train/loss, mode: min}
+search_alg: {name: grid}
+scheduler: {name: fifo}
+budget: {num_samples: 1, max_concurrent: 2, oom_retries: 1}
+checkpoint: {min_interval_s: 0}
+"""
+
+
+def test_out_of_memory_halves_the_per_step_batch_then_gives_up(tmp_path: Path) -> None:
+    (tmp_path / "oom.yaml").write_text(textwrap.dedent(SWEEP))
+    # every micro-batch above 1 image "runs out of memory": batch 2 needs 1 retry (2 micro-batches),
+    # batch 4 would need 2 but the budget allows 1
+    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "oom.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "SWEEPER_INJECT_OOM_ABOVE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = c.get_experiment_by_name("oom")
+    runs = {r.data.params["train.batch_size"]: r for r in c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")}
+    ok, failed = runs["2"], runs["4"]
+    assert ok.data.tags["sweeper.status"] == "finished"
+    assert ok.data.tags["sweeper.oom_retries"] == "1" and ok.data.tags["sweeper.micro_batches"] == "2"
+    assert [m.value for m in c.get_metric_history(ok.info.run_id, "train/micro_batches")] == [2.0, 2.0]
+    assert failed.data.tags["sweeper.status"] == "failed"
+    assert "CUDA out of memory" in failed.data.tags["sweeper.error"]
+    assert "budget.oom_retries 1" in failed.data.tags["sweeper.error"]
+    assert "out of memory at a per-step batch of 2: retrying from epoch 1 with 2 micro-batches" in proc.stdout + proc.stderr
