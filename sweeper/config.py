@@ -419,8 +419,11 @@ def _check_task_sections(file: Path, spec: SweepFile) -> None:
     if spec.command is not None:
         raise SweepConfigError(file, "command", f"only task 'command' runs a command; task {spec.task!r} "
                                "trains its own model")
-    if spec.data is None:
+    reads_data = bool(TASK_DATA_FORMATS[spec.task])
+    if spec.data is None and reads_data:
         raise SweepConfigError(file, "data", f"task {spec.task!r} needs a `data` section (train, val, images)")
+    if spec.data is not None and not reads_data:
+        raise SweepConfigError(file, "data", f"task {spec.task!r} reads no data; remove `data`")
 
 
 def _check_value(file: Path, field: str, base_model: type[BaseModel], base: dict[str, Any],
@@ -558,7 +561,7 @@ def trial_config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     cfg["task"] = sweep.spec.task
     if sweep.spec.task in OPEN_TASKS:
         return cfg
-    cfg["data"] = sweep.spec.data.model_dump()
+    cfg["data"] = sweep.spec.data.model_dump() if sweep.spec.data is not None else None
     cfg["eval_grid"] = dict(sweep.spec.eval_grid)
     cfg["objective_metric"] = sweep.spec.objective.metric.removeprefix("default/")
     return cfg

@@ -116,6 +116,18 @@ class DBNetBase(Strict):
     eval: DBNetEval = DBNetEval()
 
 
+class NoopTrain(Strict):
+    epochs: int = Field(1, ge=1, description="epochs (reports) per trial")
+    sleep_s: float = Field(0.0, ge=0, description="seconds each epoch pretends to train")
+    seed: int = Field(0, description="unused: the objective is deterministic")
+
+
+class NoopBase(Strict):
+    x: float = Field(0.5, description="a parameter to search; the score peaks at x = 0.3")
+    y: float = Field(0.5, description="a parameter to search; the score peaks at y = 0.7")
+    train: NoopTrain = NoopTrain()
+
+
 class CommandBase(BaseModel):
     """`base` of the command task: the script's own fixed settings, passed like searched values."""
 
@@ -123,10 +135,13 @@ class CommandBase(BaseModel):
 
 
 #: per task: the schema of `base`, the metrics it reports, the keys `eval_grid` may sweep.
-TASK_BASES: dict[str, type[BaseModel]] = {"detection": DetectionBase, "dbnet": DBNetBase, "command": CommandBase}
-TASK_DATA_FORMATS: dict[str, tuple[str, ...]] = {"detection": ("coco",), "dbnet": ("ufo", "icdar2015"), "command": ()}
+TASK_BASES: dict[str, type[BaseModel]] = {"detection": DetectionBase, "dbnet": DBNetBase, "command": CommandBase,
+                                          "noop": NoopBase}
+TASK_DATA_FORMATS: dict[str, tuple[str, ...]] = {"detection": ("coco",), "dbnet": ("ufo", "icdar2015"), "command": (),
+                                                 "noop": ()}
 #: the key an ablation's seed sets, per task
-TASK_SEED_KEYS: dict[str, str] = {"detection": "train.seed", "dbnet": "train.seed", "command": "seed"}
+TASK_SEED_KEYS: dict[str, str] = {"detection": "train.seed", "dbnet": "train.seed", "command": "seed",
+                                  "noop": "train.seed"}
 #: tasks whose `base` is free-form and whose metrics are whatever the script reports
 OPEN_TASKS = ("command",)
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -136,6 +151,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
         "train/loss",
     ),
     "dbnet": ("precision", "recall", "hmean", "train/loss"),
+    "noop": ("score", "train/loss"),
 }
 TASK_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {"detection": ("ap/",)}
 TASK_EVAL_GRID_KEYS: dict[str, tuple[str, ...]] = {

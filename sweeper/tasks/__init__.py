@@ -21,6 +21,7 @@ from typing import Any, Protocol
 TASKS: dict[str, str] = {
     "detection": "sweeper.tasks.detection.task:DetectionTask",
     "dbnet": "sweeper.tasks.dbnet.task:DBNetTask",
+    "noop": "sweeper.tasks.noop:NoopTask",
 }
 
 

@@ -1,0 +1,80 @@
+"""Load: a 500-trial sweep of the no-op task through the real CLI, Ray and MLflow.
+
+Exactly 500 MLflow child runs with correct statuses, and the driver's peak memory (measured
+from /proc while it runs) stays bounded. The figures are printed for the issue note."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 500
+SWEEP = f"""
+name: load
+task: noop
+search:
+  x: {{uniform: [0.0, 1.0]}}
+  y: {{uniform: [0.0, 1.0]}}
+objective: {{metric: score, mode: max}}
+search_alg: {{name: random, seed: 0}}
+scheduler: {{name: fifo}}
+budget: {{num_samples: {TRIALS}, max_concurrent: 2}}
+"""
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def test_500_trials_give_500_runs_with_bounded_driver_memory(tmp_path: Path) -> None:
+    (tmp_path / "load.yaml").write_text(textwrap.dedent(SWEEP))
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper.cli", "launch", "load.yaml"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    peak, samples = 0.0, []
+    import threading
+
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        rss = _peak_rss_mb(proc.pid)
+        if rss:
+            peak = max(peak, rss)
+            samples.append((time.time() - t0, rss))
+        time.sleep(1)
+    reader.join(timeout=30)
+    wall = time.time() - t0
+    assert proc.returncode == 0, "".join(out)[-4000:]
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = c.get_experiment_by_name("load")
+    runs = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'", max_results=5000)
+    assert len(runs) == TRIALS
+    assert len({r.data.tags["sweeper.trial_id"] for r in runs}) == TRIALS
+    assert all(r.data.tags["sweeper.status"] == "finished" and r.info.status == "FINISHED" for r in runs)
+    assert all(0 <= r.data.metrics["score"] <= 1 for r in runs)
+    parent = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'sweep'")[0]
+    assert parent.info.status == "FINISHED"
+    # bounded: the high-water mark after the first 100 trials hardly grows over the next 400
+    early = max((rss for t, rss in samples if t < wall * 0.2), default=peak)
+    print(f"\nload test: {TRIALS} trials in {wall:.0f} s ({wall / TRIALS * 1000:.0f} ms per trial), "
+          f"driver peak RSS {peak:.0f} MB (after the first fifth of the run: {early:.0f} MB)")
+    assert peak < 2048
+    assert peak < early * 1.5 + 100
