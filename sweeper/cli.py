@@ -62,7 +62,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 def _fail(exc: BaseException) -> None:
     if _debug:
         raise exc
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print("error:", style="bold red", end=" ")
+    err_console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -172,7 +173,7 @@ def _print_commands(c: Console, sweep: Sweep, n: int = 3) -> None:
     assert cmd is not None
     ckpt = f"; checkpoint dir in ${cmd.checkpoint_dir_env}" if cmd.checkpoint_dir_env else ""
     c.print(f"command: runs in {cmd.workdir}; overrides: {cmd.overrides}; metrics: {cmd.metrics}{ckpt}",
-            highlight=False, markup=False)
+            highlight=False, markup=False, soft_wrap=True)
     if sweep.spec.ablation is not None:
         points = [p["params"] for p in sweep.ablation_points[:n]]
     else:

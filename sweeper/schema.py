@@ -19,7 +19,10 @@ class Strict(BaseModel):
 
 # --------------------------------------------------------------------------- task parameters
 class DetectionModel(Strict):
-    arch: Literal["faster_rcnn", "retinanet"] = Field("faster_rcnn", description="torchvision detector")
+    arch: Literal["faster_rcnn", "retinanet", "fcos"] = Field(
+        "faster_rcnn", description="torchvision detector: two-stage faster_rcnn, one-stage retinanet or fcos")
+    neck: Literal["fpn", "pafpn"] = Field("fpn", description="feature pyramid: fpn (top-down) or pafpn "
+                                          "(FPN plus a bottom-up path aggregation path)")
     backbone: str = Field("resnet18", description="timm model name (features_only)")
     pretrained: bool = Field(False, description="load backbone weights from `weights` (never downloads)")
     weights: str | None = Field(None, description="local .pth/.safetensors backbone weights")
@@ -40,6 +43,9 @@ class DetectionTrain(Strict):
     lr_steps: list[float] = Field([0.67, 0.89], description="step schedule milestones, fractions of epochs")
     lr_gamma: float = Field(0.1, gt=0, description="step schedule factor")
     resolution: int = Field(512, ge=32, description="longest side in px; images padded to a square")
+    resolution_schedule: list[tuple[float, int]] | None = Field(
+        None, description="[[epoch_fraction, resolution], ...]: from that fraction of the epochs on, train at "
+        "that resolution (e.g. [[0, 1024], [0.8, 2048]]); before the first entry, `resolution`")
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     seed: int = Field(0, description="seeds python, numpy, torch and the data order")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
@@ -51,16 +57,99 @@ class DetectionTrain(Strict):
                                "automatically after a CUDA out-of-memory error")
 
 
+    @field_validator("resolution_schedule")
+    @classmethod
+    def _schedule(cls, v: list[tuple[float, int]] | None) -> list[tuple[float, int]] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("a non-empty list of [epoch_fraction, resolution], or null")
+        fractions = [f for f, _ in v]
+        if any(not 0 <= f < 1 for f in fractions) or fractions != sorted(set(fractions)):
+            raise ValueError("epoch fractions must increase, each in [0, 1)")
+        if any(r < 32 for _, r in v):
+            raise ValueError("resolutions must be at least 32 px")
+        return v
+
+
 class DetectionPost(Strict):
     score_thresh: float = Field(0.05, ge=0, le=1, description="drop detections below this score")
     nms_iou: float = Field(0.5, gt=0, le=1, description="NMS IoU threshold")
     max_dets: int = Field(100, ge=1, description="detections kept per image")
 
 
+class DetectionAugment(Strict):
+    mosaic_ratio: float = Field(0.0, ge=0, le=1, description="probability that a training sample is a mosaic "
+                                "of 4 images on a 2x2 canvas (random centre)")
+    mosaic_until: float = Field(1.0, ge=0, le=1, description="fraction of the epochs with mosaic; 0.8 = none in "
+                                "the last 20%")
+    mosaic_min_size: float = Field(2.0, ge=0, description="px at the training resolution: a clipped mosaic "
+                                   "fragment with a shorter side is dropped")
+    mosaic_min_visibility: float = Field(0.25, ge=0, le=1, description="a clipped mosaic fragment keeping less "
+                                         "than this fraction of its box area is dropped")
+    scale_jitter: float = Field(0.0, ge=0, lt=1, description="random rescale by a factor in [1-j, 1+j] (0 = off)")
+    brightness: float = Field(0.0, ge=0, le=1, description="colour jitter: brightness factor in [1-b, 1+b]")
+    contrast: float = Field(0.0, ge=0, le=1, description="colour jitter: contrast factor in [1-c, 1+c]")
+    saturation: float = Field(0.0, ge=0, le=1, description="colour jitter: saturation factor in [1-s, 1+s]")
+    hue: float = Field(0.0, ge=0, le=0.5, description="colour jitter: hue shift in [-h, h]")
+    vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
+
+
+class SizeWeights(Strict):
+    small: float = Field(1.0, ge=0, description="weight of boxes with sqrt(area) < size_thresholds[0]")
+    medium: float = Field(1.0, ge=0, description="weight of boxes between the thresholds")
+    large: float = Field(1.0, ge=0, description="weight of boxes with sqrt(area) >= size_thresholds[1]")
+
+
+class DetectionLoss(Strict):
+    size_weights: SizeWeights = Field(SizeWeights(), description="box-regression weight per matched ground "
+                                      "truth by its size bucket")
+    size_thresholds: tuple[float, float] = Field(
+        (32.0, 96.0), description="px, sqrt of the box area in ORIGINAL image coordinates; small < t0 <= "
+        "medium < t1 <= large (exactly 32 px is medium, as COCO's area < 32^2 for small)")
+    size_weight_cls: bool = Field(False, description="weight the classification terms of matched "
+                                  "anchors/proposals too")
+
+    @field_validator("size_thresholds")
+    @classmethod
+    def _increasing(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError("two increasing positive sizes, e.g. [32, 96]")
+        return v
+
+
+class DetectionEval(Strict):
+    resolution: int | None = Field(None, ge=32, description="evaluation resolution (longest side); "
+                                   "default train.resolution")
+    backend: Literal["faster_coco_eval", "pycocotools"] = Field(
+        "faster_coco_eval", description="COCO evaluator (same numbers; faster_coco_eval is ~10x faster; "
+        "pycocotools is used if it is not installed)")
+    area_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="extra size ranges in sqrt-area px, e.g. {tiny: [0, 16]}, reported "
+        "as map_<name> and ar_<name>")
+    confusion_iou: float = Field(0.5, gt=0, le=1, description="IoU for the confusion matrix")
+    confusion_score: float = Field(0.3, ge=0, le=1, description="score threshold for the confusion matrix")
+
+    @field_validator("area_ranges")
+    @classmethod
+    def _ranges(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in v.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"{name!r}: use lower-case letters, digits and '_' (it names metrics)")
+            if name in ("small", "medium", "large", "all"):
+                raise ValueError(f"{name!r} is COCO's own range; pick another name")
+            if not 0 <= lo < hi:
+                raise ValueError(f"{name}: need 0 <= low < high, got [{lo}, {hi}]")
+        return v
+
+
 class DetectionBase(Strict):
     model: DetectionModel = DetectionModel()
     train: DetectionTrain = DetectionTrain()
+    augment: DetectionAugment = DetectionAugment()
+    loss: DetectionLoss = DetectionLoss()
     post: DetectionPost = DetectionPost()
+    eval: DetectionEval = DetectionEval()
 
 
 class DBNetModel(Strict):
@@ -78,6 +167,7 @@ class DBNetTrain(DetectionTrain):
     warmup_epochs: float = Field(0.5, ge=0, description="linear warmup length, epochs")
     resolution: int = Field(640, ge=32, description="longest side in px; images padded to a square")
     hflip: float = Field(0.0, ge=0, le=1, description="probability of a horizontal flip (text reads badly mirrored)")
+    resolution_schedule: None = Field(None, description="detection only")
 
 
 class DBNetLabels(Strict):
@@ -153,9 +243,10 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "dbnet": ("precision", "recall", "hmean", "train/loss"),
     "noop": ("score", "train/loss"),
 }
-TASK_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {"detection": ("ap/",)}
+#: detection: ap/<class>, and map_<name> / ar_<name> of eval.area_ranges
+TASK_METRIC_PREFIXES: dict[str, tuple[str, ...]] = {"detection": ("ap/", "map_", "ar_")}
 TASK_EVAL_GRID_KEYS: dict[str, tuple[str, ...]] = {
-    "detection": ("post.score_thresh", "post.max_dets"),
+    "detection": ("post.score_thresh", "post.max_dets", "post.nms_iou"),
     "dbnet": ("post.thresh", "post.box_thresh", "post.unclip_ratio", "post.max_candidates", "post.min_size"),
 }
 

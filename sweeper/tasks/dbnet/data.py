@@ -16,9 +16,10 @@ Contract
   largest valid part); outside the image -> clipped (dropped if nothing is left). Each kind is
   counted and reported in **one** warning per dataset naming the file and examples.
 * User-input errors raise :class:`TextDataError` naming the file (and line/field): unreadable or
-  non-UTF-8 files, JSON syntax errors, malformed points, missing images (checked at load, where
-  the header gives the size), images that fail to decode (when opened), and file names that
-  escape the images directory (``../x.png``, absolute paths).
+  non-UTF-8 files, JSON syntax errors, a key given twice in one UFO object (two entries for one
+  image file or word id: JSON would silently keep only the last), malformed points, missing
+  images (checked at load, where the header gives the size), images that fail to decode (when
+  opened), and file names that escape the images directory (``../x.png``, absolute paths).
 * :class:`TextDetDataset` resizes so the longest side equals ``resolution`` (aspect kept),
   optionally flips horizontally (train only; polygons flipped too), pads bottom/right to
   ``resolution x resolution`` and normalises with the ImageNet mean/std. Each item is
@@ -271,6 +272,18 @@ def _points_of_image(values: list[Any], where: Callable[[int], str]) -> list[np.
     return out
 
 
+def _unique_keys(path: Path) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A json ``object_pairs_hook`` refusing a key given twice in one object (costs no time)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            key = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+            raise TextDataError(f"{path}: key {key!r} appears twice in one JSON object (an image file name "
+                                "or word id given twice?); JSON would keep only the last one")
+        return obj
+    return hook
+
+
 def load_ufo(path: str | Path, images_dir: str | Path, *, max_images: int | None = None) -> list[TextImage]:
     """Load a UFO JSON split (first ``max_images`` images in file order when given)."""
     path, images_dir = Path(path), Path(images_dir)
@@ -278,7 +291,7 @@ def load_ufo(path: str | Path, images_dir: str | Path, *, max_images: int | None
     if not path.is_file():
         raise TextDataError(f"{path}: annotation file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys(path))
     except json.JSONDecodeError as exc:
         raise TextDataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -10,10 +10,10 @@ Contract
 * Training targets leave out ``iscrowd: 1`` and ``ignore: 1`` annotations (COCO scores crowds
   as "ignore" regions, so they must not become positives). Images without annotations stay in
   the set with empty targets: they are the negatives. Boxes with zero or negative size are
-  dropped, counted and reported with one warning per dataset. Boxes reaching outside their
-  image (``width``/``height`` of its ``images`` record, when given) are counted and reported with
-  one warning per dataset; they are clipped to the image when an item is made (dropped if
-  nothing is left), as are boxes outside an image whose record has no size.
+  dropped, counted and reported with one warning per dataset. Boxes reaching more than
+  :data:`OUTSIDE_TOLERANCE` px outside their image (``width``/``height`` of its ``images`` record,
+  when given) are counted and reported with one warning per dataset. Every box is clipped to its
+  image when an item is made (and dropped if nothing is left), whether reported or not.
 * Transform: resize so the longest side equals ``resolution`` (aspect kept), optional random
   horizontal flip (train only, applied before padding so the padding stays bottom/right), then
   zero-pad bottom/right to ``resolution x resolution``. The detector therefore never resizes
@@ -48,6 +48,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
+
+
+#: px a box may reach outside its image's width/height before it is reported (rounding noise)
+OUTSIDE_TOLERANCE = 1.0
 
 
 class DatasetError(ValueError):
@@ -91,11 +95,13 @@ def _check_file_name(path: Path, where: str, name: str) -> None:
 
 
 def _overhangs(box: list[float], img: dict[str, Any]) -> bool:
-    """Whether an xyxy box reaches outside its image (False when the record has no usable size)."""
+    """Whether an xyxy box reaches more than OUTSIDE_TOLERANCE px outside its image (False when
+    the record has no usable size)."""
     w, h = img.get("width"), img.get("height")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (w, h)):
         return False
-    return box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h
+    tol = OUTSIDE_TOLERANCE
+    return box[0] < -tol or box[1] < -tol or box[2] > w + tol or box[3] > h + tol
 
 
 class CocoDetection(Dataset):
@@ -152,10 +158,10 @@ class CocoDetection(Dataset):
             self.images.append({"id": iid, "file_name": str(name), "boxes": [], "labels": []})
         if not self.images:
             raise DatasetError(f"{path}: 'images' is empty; a split needs at least one image")
-        sizes = [{k: img.get(k) for k in ("width", "height")} if isinstance(img, dict) else {} for img in data["images"]]
+        sizes = [{"width": img.get("width"), "height": img.get("height")} for img in data["images"]]
 
         self.num_dropped = 0
-        #: boxes reaching outside their image's width/height (clipped when an item is made)
+        #: boxes reaching outside their image's width/height (reported; clipped when an item is made)
         self.num_outside = 0
         dropped: list[str] = []
         outside: list[str] = []

@@ -19,6 +19,9 @@ Contract
 * No downloads, ever: ``model.weights`` is a local backbone file loaded through timm; with
   ``pretrained: True`` it is required. Loaded backbones get frozen BatchNorm statistics
   (torchvision does the same for pretrained backbones: batch-4 statistics would wreck them).
+  A file that cannot be read (truncated, not a checkpoint) or that does not fill the backbone
+  (timm loads backbone weights non-strictly, so another model's state dict would silently leave
+  it random) raises ValueError naming the file and a few of the missing/unexpected keys.
 
 Usage::
 
@@ -99,13 +102,57 @@ def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Modu
         if not path.is_file():
             raise ValueError(f"model.weights: backbone weights file not found: {path}")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        in_file = _read_weights(path)
     try:
         body = timm.create_model(name, pretrained=bool(weights), **kwargs)
     except (RuntimeError, KeyError) as exc:
         if weights:
-            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: {exc}") from exc
+            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: "
+                             f"{_shorten(str(exc))}") from exc
         raise
+    if weights:
+        _check_loaded(body, in_file, f"model.weights: {weights} does not fit timm model {name!r}")
     return body, bool(weights)
+
+
+def _read_weights(path: Path) -> dict[str, tuple[tuple[int, ...], float]]:
+    """Fingerprints of the float tensors of a weights file, read as timm reads it (so a damaged
+    file fails here with a clear ValueError); only the fingerprints are kept, not the tensors."""
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as exc:  # torch.load / safetensors raise many types on a damaged file
+        raise ValueError(f"model.weights: cannot read {path} (truncated or not a checkpoint?): "
+                         f"{type(exc).__name__}: {_shorten(str(exc))}") from None
+    items = state.items() if isinstance(state, Mapping) else ()
+    prints = {k: _fingerprint(v) for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if not prints:
+        raise ValueError(f"model.weights: {path} holds no state dict of float tensors")
+    return prints
+
+
+def _shorten(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _fingerprint(t: torch.Tensor) -> tuple[tuple[int, ...], float]:
+    return tuple(t.shape), float(t.detach().double().sum())
+
+
+def _check_loaded(body: nn.Module, in_file: Mapping[str, tuple[tuple[int, ...], float]], what: str) -> None:
+    """Raise unless every weight tensor (2+ dims) of ``body`` holds a tensor of the file.
+
+    Compared by value (shape and sum), not name: timm's feature wrappers rename modules and its
+    checkpoint filters rename keys, but a weight that was loaded is a copy of a tensor in the file.
+    (1-d tensors are not compared: fresh norms and biases are constants any file may contain.)"""
+    found = set(in_file.values())
+    weights = {k: _fingerprint(v) for k, v in body.named_parameters() if v.ndim >= 2}
+    missing = [k for k, fp in weights.items() if fp not in found]
+    if missing:
+        used = set(weights.values())
+        unexpected = [k for k, fp in in_file.items() if fp not in used]
+        raise ValueError(f"{what}: {len(missing)} of its {len(weights)} weight tensors are not in the file "
+                         f"(missing e.g. {', '.join(missing[:5])}; unexpected keys in the file e.g. "
+                         f"{', '.join(unexpected[:5]) or 'none'})")
 
 
 def _anchors(model_cfg: Mapping[str, Any], strides: list[int]) -> AnchorGenerator:
