@@ -3,8 +3,11 @@
     sweeper launch sweeps/demo.yaml [--dry-run] [--set KEY=VALUE ...] [--address auto] [--fresh]
     sweeper validate sweeps/demo.yaml
     sweeper leaderboard demo [--top 10] [--format table|markdown|csv|json]
-    sweeper eval --task detection --gt GT.json --pred PRED.json [--format table|json]
+    sweeper eval --task detection --gt GT.json --pred PRED.json [--area-range tiny=0,16] [--backend B]
+    sweeper report NAME [--out DIR]
+    sweeper resume RUN_DIR_OR_NAME
     sweeper data synth --task detection --out DIR [--images N --size S --seed K]
+    sweeper data stats DATASET [--thresholds 32,96] [--plot sizes.png] [--format table|json]
 
 User mistakes print one message and exit 2 (`--debug` shows the traceback). Heavy libraries
 are imported inside the commands that need them, so `--help`, `validate` and `--dry-run` are fast.
@@ -25,12 +28,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sweeper.cluster import cluster_app
 from sweeper.config import Sweep, SweepConfigError, load_sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter and ablation sweeps for detection models on Ray Tune + Optuna + MLflow.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic data.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic data, analyse box sizes.")
 app.add_typer(data_app, name="data")
+app.add_typer(cluster_app, name="cluster", help="Run a sweep on a cluster: render (and submit) a Slurm batch "
+              "script or KubeRay manifests.")
 console = Console(soft_wrap=True)  # paths and commands stay on one line, copy-pastable
 err_console = Console(stderr=True)
 DEFAULT_TRACKING = "sqlite:///mlruns.db"
@@ -199,7 +205,12 @@ def launch(
         print(_plan_table(sweep))
         console.print("dry run: nothing was started.")
         return
-    _run(sweep, sweep_file, address=address, fresh=fresh, continue_cmd=f"sweeper resume {sweep.experiment_dir}")
+    from shlex import quote
+
+    from sweeper.runner import experiment_path  # a URI keeps its ?query at the end; quoted for the shell
+
+    _run(sweep, sweep_file, address=address, fresh=fresh,
+         continue_cmd=f"sweeper resume {quote(experiment_path(sweep))}")
 
 
 def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, continue_cmd: str) -> None:
@@ -246,8 +257,8 @@ def resume(
         sweep = load_sweep(sweep_file, state.get("overrides", []), cwd=state.get("cwd"))
     except SweepConfigError as exc:
         _fail(exc)
-    if Path(sweep.experiment_dir).resolve() != exp_dir:
-        _fail(LookupError(f"{exp_dir} does not match the sweep file's storage/name ({sweep.experiment_dir})"))
+    if runner.experiment_path(sweep) != exp_dir:
+        _fail(LookupError(f"{exp_dir} does not match the sweep file's storage/name ({runner.experiment_path(sweep)})"))
     _run(sweep, sweep_file, address=address, fresh=False, continue_cmd=f"sweeper resume {run}")
 
 
@@ -431,15 +442,28 @@ def eval_(
     gt: Path = typer.Option(..., "--gt", help="Ground truth: COCO JSON; dbnet: folder/zip of gt_<name>.txt or UFO JSON."),
     pred: Path = typer.Option(..., "--pred", help="Predictions: COCO results JSON; dbnet: folder/zip of <name>.txt or UFO JSON."),
     metric: str = typer.Option("icdar15", "--metric", help="dbnet only: icdar15, cleval or cleval_per_image."),
+    backend: str = typer.Option("faster_coco_eval", "--backend",
+                                help="detection only: faster_coco_eval or pycocotools (same numbers)."),
+    area_range: list[str] = typer.Option([], "--area-range", help="detection only: NAME=LO,HI in sqrt-area px "
+                                         "(repeatable), reported as map_NAME / ar_NAME."),
     fmt: EvalFmt = typer.Option(EvalFmt.table, "--format", help="table or json."),
 ) -> None:
     """Score a predictions file with exactly the evaluator a sweep uses."""
     if task == "detection":
         from sweeper.tasks.detection.coco_eval import CocoFormatError, evaluate_coco, load_coco_gt, load_detections
 
+        ranges = {}
+        for text in area_range:
+            name, _, bounds = text.partition("=")
+            try:
+                lo, hi = (float(v) for v in bounds.split(","))
+            except ValueError:
+                _fail(ValueError(f"--area-range: expected NAME=LO,HI (e.g. tiny=0,16), got {text!r}"))
+            ranges[name.strip()] = (lo, hi)
         try:
-            metrics = evaluate_coco(load_coco_gt(gt), load_detections(pred))
-        except CocoFormatError as exc:
+            metrics = evaluate_coco(load_coco_gt(gt), load_detections(pred), area_ranges=ranges or None,
+                                    backend=backend)
+        except (CocoFormatError, ValueError) as exc:
             _fail(exc)
     elif task == "dbnet":
         metrics = _eval_text(gt, pred, metric)
@@ -485,6 +509,33 @@ def data_synth(
     except KeyError as exc:
         _fail(ValueError(f"--task: {exc.args[0]}"))
     console.print(json.dumps(info, indent=2, default=str), highlight=False)
+
+
+@data_app.command("stats")
+def data_stats(
+    dataset: Path = typer.Argument(..., help="COCO annotation JSON, or a sweep file (uses its data.train)."),
+    thresholds: str = typer.Option("32,96", "--thresholds", help="Size buckets, sqrt-area px (32,96 = COCO's)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save the size histogram as this PNG."),
+    fmt: EvalFmt = typer.Option(EvalFmt.table, "--format", help="table or json."),
+) -> None:
+    """Box sizes of a COCO dataset: histogram, counts per class and size, images without boxes.
+
+    Choose eval.area_ranges (sqrt-area px) from what it shows."""
+    from sweeper.tasks.detection import datastats
+
+    if dataset.suffix in (".yaml", ".yml"):
+        spec = _load(dataset, [], check_data=False).spec
+        if spec.data is None or spec.data.train is None:
+            _fail(ValueError(f"{dataset}: the sweep has no data.train to analyse"))
+        dataset = Path(spec.data.train)
+    try:
+        stats = datastats.dataset_stats(dataset, datastats.parse_thresholds(thresholds))
+        path = datastats.plot_histogram(stats, plot) if plot else None
+    except ValueError as exc:  # CocoFormatError included
+        _fail(exc)
+    print(json.dumps(stats, indent=2) if fmt == EvalFmt.json else datastats.render_stats(stats))
+    if path:
+        err_console.print(f"histogram: {path}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console script entry

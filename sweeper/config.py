@@ -13,6 +13,9 @@ Rules worth knowing:
   absolute here because Ray trials run in other directories and on other nodes.
 - `--set KEY=VALUE` parses VALUE as YAML. KEY is a top-level dotted key (`budget.num_samples`)
   or, as everywhere else, a key into `base` (`train.epochs`); `--set` on a searched key fixes it.
+- Whatever the text, only SweepConfigError comes out (tests/test_fuzz_config.py fuzzes it): a
+  mistake in an include fragment names the fragment; sizes are bounded (MAX_DEPTH, MAX_NODES,
+  MAX_SEEDS, MAX_ABLATION_TRIALS) so a typo cannot exhaust memory before anything starts.
 
 This module imports no torch, Ray or MLflow so that `--help`, `validate` and `--dry-run` are fast.
 """
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -131,17 +136,72 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
-    """Field names of the (nested) pydantic model at `loc`, for "did you mean" hints."""
+#: the deepest nesting and the most values a sweep file, fragment or --set value may hold: far
+#: beyond any real sweep, and a bound on the work of walking and copying it (a few lines of YAML
+#: aliases can stand for billions of values)
+MAX_DEPTH, MAX_NODES = 32, 100_000
+#: ablation bounds: `seeds: N` builds N seeds and every variant runs with each; more than this is a typo
+MAX_SEEDS, MAX_ABLATION_TRIALS = 1000, 100_000
+
+
+def _members(ann: Any) -> tuple[Any, ...]:
+    """The members of a union annotation other than None (`X | None` -> (X,)); () if not a union."""
+    if get_origin(ann) in (Union, types.UnionType):
+        return tuple(a for a in get_args(ann) if a is not type(None))
+    return ()
+
+
+def _child(ann: Any, part: Any) -> Any:
+    """The annotation one loc part below `ann` (a model's field, a list item, a dict value)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        field = ann.model_fields.get(str(part))
+        return field.annotation if field else Any
+    origin, args = get_origin(ann), get_args(ann)
+    if origin in (list, set, frozenset) and args:
+        return args[0]
+    if origin is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+        return args[part] if isinstance(part, int) and 0 <= part < len(args) else Any
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return Any
+
+
+def _user_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """A pydantic error `loc` as the user's path, and the model whose key the last part is.
+
+    pydantic puts two kinds of parts in a loc that are no keys of the user's: the tag of the union
+    member it tried (`objective: Objective | list[Objective]` -> ('objective', 'list[Objective]', 0,
+    'metric')) and '[key]' after a dict key that failed. They are recognised by walking the schema
+    along the loc (a tag stands exactly where the annotation is a union), never by their spelling:
+    a user's key may look like a tag ('Budget')."""
+    path: list[str] = []
+    owner: type[BaseModel] | None = None
+    ann: Any = model
+    after_dict_key = False
     for part in loc:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None) if field else None
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return None
-        model = nested[0]
-    return list(model.model_fields)
+        members = _members(ann)
+        if len(members) > 1:  # this part is pydantic's tag of the union member it tried
+            tag = str(part).split("[", 1)[0]
+            ann = next((m for m in members if getattr(get_origin(m) or m, "__name__", None) == tag), Any)
+            continue
+        if members:  # X | None
+            ann = members[0]
+        if after_dict_key and part == "[key]":
+            after_dict_key = False
+            continue
+        is_model = isinstance(ann, type) and issubclass(ann, BaseModel)
+        owner = ann if is_model else None
+        after_dict_key = get_origin(ann) is dict
+        path.append(str(part))
+        ann = _child(ann, part)
+    return path, owner
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _raise_validation(file: Path, exc: ValidationError, model: type[BaseModel], prefix: str = "") -> None:
@@ -150,46 +210,128 @@ def _raise_validation(file: Path, exc: ValidationError, model: type[BaseModel], 
     # shape the user did not write ("should be a valid list") is noise
     shape = {"model_type", "list_type", "dict_type"}
     err = next((e for e in errors if e["type"] not in shape), errors[0])
-    loc = tuple(str(p) for p in err["loc"] if not re.fullmatch(r"[A-Z]\w*|\w+\[.*\]", str(p)))
-    field = prefix + ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        options = _fields_at(model, loc[:-1]) or []
+    loc, owner = _user_loc(model, tuple(err["loc"]))
+    field = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or None)
+    if err["type"] == "extra_forbidden" and loc:
+        options = list(owner.model_fields) if owner else []
         msg = f"unknown key{_suggest(loc[-1], options)}; allowed here: {', '.join(options)}"
     elif err["type"] == "missing":
         msg = "is required"
     else:
-        msg = f"{err['msg']} (got {err.get('input')!r})"
+        msg = f"{err['msg']} (got {_short_repr(err.get('input'))})"
     raise SweepConfigError(file, field, msg) from None
 
 
-def _read_yaml(path: Path, field: str | None = None) -> dict[str, Any]:
-    if not path.is_file():
-        raise SweepConfigError(path, field, "file not found")
+class _BadYaml(Exception):
+    """Why a text is not a usable YAML document (the caller adds the file or the --set key)."""
+
+
+def _parse_yaml(text: str) -> Any:
+    """`yaml.safe_load`, every failure a `_BadYaml`. PyYAML raises more than YAMLError on bad
+    input: ValueError for an impossible date (`2024-02-30`), IndexError/ValueError/KeyError for a
+    core tag with a bad value (`!!float`, `!!int x`), RecursionError for deep nesting."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SweepConfigError(path, None, f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise _BadYaml(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise _BadYaml(f"not valid YAML: nested more than Python can read (keep it under {MAX_DEPTH} levels)") from None
+    except Exception as exc:  # noqa: BLE001 - any other exception out of PyYAML is about the text too
+        raise _BadYaml(f"not valid YAML: cannot read a value ({type(exc).__name__}: {exc}); quote values "
+                       "meant as text, e.g. '2024-02-30' (unquoted, YAML reads a date) or '!!float'") from None
+    _check_size(doc)
+    return doc
+
+
+def _check_size(doc: Any) -> None:
+    """Bound the depth and the number of values (aliases counted every time they are used), so
+    nothing later (pydantic, deep copies, flatten) recurses or loops without end on a small file."""
+    stack, nodes = [(doc, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH:
+            raise _BadYaml(f"nested more than {MAX_DEPTH} levels deep")
+        if nodes > MAX_NODES:
+            raise _BadYaml(f"holds more than {MAX_NODES} values (YAML aliases repeated?)")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _read_yaml(path: Path, field: str | None = None, where: Path | None = None) -> dict[str, Any]:
+    """The YAML mapping in `path`; a missing file is blamed on `where` (the including file) if given."""
+    if not path.is_file():
+        raise SweepConfigError(where or path, field, f"{path} not found" if where else "file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SweepConfigError(path, None, f"cannot read it as UTF-8 text: {exc}") from None
+    try:
+        doc = _parse_yaml(text)
+    except _BadYaml as exc:
+        raise SweepConfigError(path, None, str(exc)) from None
     if not isinstance(doc, dict):
         raise SweepConfigError(path, None, "must be a YAML mapping of keys to values")
     return doc
 
 
-def _load_fragment(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
-    """A search-space fragment: `{search: {...}, include: [...]}` or a plain key -> space map."""
+def _check_include(file: Path, include: Any) -> list[str]:
+    if include is None:
+        return []
+    if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
+        raise SweepConfigError(file, "include", f"must be a list of fragment files, got {_short_repr(include)}")
+    return include
+
+
+def _looks_like_search_block(key: Any, value: Any) -> bool:
+    """In a plain key -> space fragment: a key that is a misspelt `search:` (or `include:`).
+
+    Searched keys are dotted (`train.lr`) and map to one space (`{choice: [...]}`); a misspelt
+    block has no dot and either a name close to search/include or a mapping of spaces below it."""
+    if not isinstance(key, str) or "." in key:
+        return False
+    if difflib.get_close_matches(key, ["search", "include"], n=1, cutoff=0.6):
+        return True
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, dict) for v in value.values())
+
+
+def _load_fragment(path: Path, stack: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A search-space fragment: `{search: {...}, include: [...]}` or a plain key -> space map.
+
+    Returns its spaces and, per key, the file that set it, so later errors name the fragment."""
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise SweepConfigError(stack[-1], "include", f"circular include: {chain}")
-    doc = _read_yaml(path)
-    unknown = set(doc) - {"search", "include"} if "search" in doc else set()
-    if unknown:
-        raise SweepConfigError(path, sorted(unknown)[0], "a fragment holds only `search` and `include`")
+    doc = _read_yaml(path, "include", where=stack[-1])
+    if "search" in doc:
+        unknown = sorted(map(str, set(doc) - {"search", "include"}))
+        if unknown:
+            raise SweepConfigError(path, unknown[0], f"unknown key{_suggest(unknown[0], ['search', 'include'])}; "
+                                   "a fragment holds only `search` and `include`")
+        own = doc["search"] if doc["search"] is not None else {}
+    else:
+        for key, value in doc.items():
+            if key != "include" and _looks_like_search_block(key, value):
+                raise SweepConfigError(path, str(key), f"unknown key{_suggest(str(key), ['search', 'include'])}; "
+                                       "a fragment holds `search: {dotted key: space}` (and `include`), or "
+                                       "only dotted keys mapped to spaces")
+        own = {k: v for k, v in doc.items() if k != "include"}
+    if not isinstance(own, dict):
+        raise SweepConfigError(path, "search", "must be a mapping of dotted keys to spaces")
+    bad_key = next((k for k in own if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise SweepConfigError(path, f"search.{bad_key}", "keys must be dotted keys (text), e.g. train.lr")
     search: dict[str, Any] = {}
-    for inc in doc.get("include") or []:
-        search.update(_load_fragment((path.parent / inc).resolve(), (*stack, path)))
-    search.update(doc.get("search", doc) if "search" in doc else doc)
-    return search
+    origins: dict[str, Path] = {}
+    for inc in _check_include(path, doc.get("include")):
+        inner, inner_origins = _load_fragment(_fragment_path(path, inc), (*stack, path))
+        search.update(inner)
+        origins.update(inner_origins)
+    search.update(own)
+    origins.update(dict.fromkeys(own, path))
+    return search, origins
 
 
 def _get(tree: dict[str, Any], dotted: str) -> Any:
@@ -231,40 +373,70 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not re.fullmatch(r"[A-Za-z_][\w/]*(\.[\w/]+)*", key):
         raise SweepConfigError(None, "--set", f"expected KEY=VALUE with a dotted KEY, got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise SweepConfigError(None, f"--set {key}", f"value is not valid YAML: {exc}") from None
+        parsed = _parse_yaml(value) if value.strip() else None
+    except _BadYaml as exc:
+        raise SweepConfigError(None, f"--set {key}", f"value is {exc}") from None
     if isinstance(parsed, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", parsed.strip()):
         parsed = float(parsed)  # YAML 1.1 reads 1e-3 as a string; everyone means a number
     return key, parsed
 
 
+def _put(file: Path, key: str, tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set `tree[parts[0]]...[parts[-1]] = value` for `--set key`, creating missing mappings; a
+    value on the way that is not a mapping (`--set name.x=1`) is the user's mistake, said so."""
+    for i, part in enumerate(parts[:-1]):
+        if tree.get(part) is None:
+            tree[part] = {}
+        if not isinstance(tree[part], dict):
+            above = ".".join(parts[:i + 1])
+            raise SweepConfigError(file, f"--set {key}", f"{above} is {_short_repr(tree[part])}, not a mapping, "
+                                   f"so it has no key {parts[i + 1]!r}")
+        tree = tree[part]
+    tree[parts[-1]] = value
+
+
+def _unsearch(doc: dict[str, Any], key: str) -> None:
+    """Fixing a searched key takes it out of the search."""
+    if isinstance(doc.get("search"), dict):
+        doc["search"].pop(key, None)
+
+
 def _apply_override(path: Path, doc: dict[str, Any], base_defaults: dict[str, Any], key: str, value: Any) -> None:
     top = key.split(".", 1)[0]
     if top in ("search", "eval_grid") and "." in key:
-        doc.setdefault(top, {})[key.split(".", 1)[1]] = value
+        _put(path, key, doc, key.split(".", 1), value)
         return
     if top in SweepFile.model_fields:
-        _set(doc, key, value)
+        _put(path, key, doc, key.split("."), value)
         return
     # a key into `base`, written as everywhere else (train.epochs)
-    if doc.get("task") in OPEN_TASKS:  # the script's own keys: we cannot know them
-        _set(doc.setdefault("base", {}), key, value)
-        doc.get("search", {}).pop(key, None)
-        return
-    try:
-        _get(base_defaults, key)
-    except (KeyError, TypeError):
-        options = list(flatten(base_defaults)) + list(SweepFile.model_fields)
-        raise SweepConfigError(path, f"--set {key}", f"no such key{_suggest(key, options)}") from None
-    _set(doc.setdefault("base", {}), key, value)
-    doc.get("search", {}).pop(key, None)  # fixing a searched key takes it out of the search
+    if doc.get("task") not in OPEN_TASKS:  # the script's own keys (command task): we cannot know them
+        try:
+            _get(base_defaults, key)
+        except (KeyError, TypeError):
+            options = list(flatten(base_defaults)) + list(SweepFile.model_fields)
+            raise SweepConfigError(path, f"--set {key}", f"no such key{_suggest(key, options)}") from None
+    _put(path, key, doc, ["base", *key.split(".")], value)
+    _unsearch(doc, key)
 
 
-def _resolve_path(value: str, cwd: Path) -> str:
+def _resolve_path(value: str, cwd: Path, file: Path, field: str) -> str:
+    """`value` made absolute against `cwd` (a URI is kept); a path the OS cannot take (a NUL byte,
+    `~user` of no such user, a symlink loop) is the user's mistake in `field`."""
     if "://" in value:
         return value
-    return str((cwd / Path(value).expanduser()).resolve())
+    try:
+        return str((cwd / Path(value).expanduser()).resolve())
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise SweepConfigError(file, field, f"{_short_repr(value)} is not a usable path: {exc}") from None
+
+
+def _fragment_path(includer: Path, inc: str) -> Path:
+    """An `include:` entry, relative to the file that includes it."""
+    try:
+        return (includer.parent / inc).resolve()
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise SweepConfigError(includer, "include", f"{_short_repr(inc)} is not a usable path: {exc}") from None
 
 
 def resolve_tracking_uri(uri: str, cwd: Path) -> str:
@@ -283,29 +455,42 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     cwd = Path(cwd or os.getcwd()).resolve()
     doc = _read_yaml(file)
 
+    # `--set task=...` first: the task decides which other keys exist
+    sets = [parse_override(text) for text in overrides or []]
+    task_sets = [(k, v) for k, v in sets if k.split(".", 1)[0] == "task"]
+    for key, value in task_sets:
+        _apply_override(file, doc, {}, key, value)
     task = doc.get("task")
-    if task not in TASK_BASES:
-        raise SweepConfigError(file, "task", f"unknown task {task!r}{_suggest(str(task), list(TASK_BASES))}; "
+    if not isinstance(task, str) or task not in TASK_BASES:
+        raise SweepConfigError(file, "--set task" if task_sets else "task",
+                               f"unknown task {_short_repr(task)}{_suggest(str(task), list(TASK_BASES))}; "
                                f"known tasks: {', '.join(TASK_BASES)}")
     base_model = TASK_BASES[task]
     base_defaults = base_model().model_dump()
+    for key, value in sets:
+        if key.split(".", 1)[0] != "task":
+            _apply_override(file, doc, base_defaults, key, value)
 
-    for text in overrides or []:
-        key, value = parse_override(text)
-        _apply_override(file, doc, base_defaults, key, value)
-
-    if not isinstance(doc.get("include", []), list):
-        raise SweepConfigError(file, "include", "must be a list of fragment files")
+    includes = _check_include(file, doc.get("include"))
     if not isinstance(doc.get("search", {}) or {}, dict):
         raise SweepConfigError(file, "search", "must be a mapping of dotted keys to spaces")
+    raw_base = doc.get("base") or {}
+    if not isinstance(raw_base, dict):
+        raise SweepConfigError(file, "base", f"must be a mapping of the task's settings, e.g. "
+                               f"{{train: {{epochs: 4}}}}; got {_short_repr(raw_base)}")
     search: dict[str, Any] = {}
-    for inc in doc.get("include") or []:
-        frag = (file.parent / str(inc)).resolve()
+    origins: dict[str, Path] = {}  # searched key -> the fragment that set it
+    for inc in includes:
+        frag = _fragment_path(file, inc)
         if not frag.is_file():
             raise SweepConfigError(file, "include", f"fragment {inc!r} not found (looked at {frag})")
-        search.update(_load_fragment(frag, (file,)))
-    search.update(doc.get("search") or {})
-    raw_base = doc.get("base") or {}
+        inner, inner_origins = _load_fragment(frag, (file,))
+        search.update(inner)
+        origins.update(inner_origins)
+    own = doc.get("search") or {}
+    search.update(own)
+    for key in own:
+        origins.pop(key, None)
     for key in [k for k in search if k in flatten(raw_base)]:
         if any(o.split("=", 1)[0].strip() == key for o in overrides or []):
             search.pop(key)
@@ -336,7 +521,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     if spec.data is not None and spec.data.format is not None and spec.data.format not in formats:
         raise SweepConfigError(file, "data.format", f"task {spec.task!r} reads {' or '.join(formats)}, "
                                f"not {spec.data.format!r}")
-    dims = _check_search(file, spec, base_model, base)
+    dims = _check_search(file, spec, base_model, base, origins)
     if spec.ablation is not None:
         _check_ablation(file, spec, base_model, base)
         if "scheduler" not in doc:  # early stopping would bias a controlled comparison
@@ -349,15 +534,19 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
 
     # paths become absolute: trials run elsewhere
     update: dict[str, Any] = {
-        "storage": _resolve_path(spec.storage, cwd),
-        "tracking": Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd)),
+        "storage": _resolve_path(spec.storage, cwd, file, "storage"),
     }
+    try:
+        update["tracking"] = Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise SweepConfigError(file, "tracking.uri", f"{_short_repr(spec.tracking.uri)} is not usable: {exc}") from None
     if spec.command is not None:
         update["command"] = _resolve_command(file, spec.command, cwd, check_data)
     if spec.data is not None:
         update["data"] = _resolve_data(file, spec, cwd, check_data)
-    if base.get("model", {}).get("weights") and spec.task not in OPEN_TASKS:
-        base["model"]["weights"] = _resolve_path(base["model"]["weights"], cwd)
+    # (a command script's own `model` key may be anything: `model: unet`)
+    if spec.task not in OPEN_TASKS and isinstance(base.get("model"), dict) and base["model"].get("weights"):
+        base["model"]["weights"] = _resolve_path(base["model"]["weights"], cwd, file, "base.model.weights")
         if check_data and not Path(base["model"]["weights"]).is_file():
             raise SweepConfigError(file, "base.model.weights", f"{base['model']['weights']} not found")
     spec = spec.model_copy(update=update)
@@ -372,7 +561,7 @@ def _resolve_data(file: Path, spec: SweepFile, cwd: Path, check_data: bool) -> D
     data = spec.data.model_dump()
     data["format"] = data["format"] or TASK_DATA_FORMATS[spec.task][0]
     for key in ("train", "val", "images"):
-        data[key] = _resolve_path(data[key], cwd)
+        data[key] = _resolve_path(data[key], cwd, file, f"data.{key}")
     if check_data and spec.data.synth is None:
         for key in ("train", "val", "images"):
             if not Path(data[key]).exists():
@@ -386,16 +575,19 @@ def _resolve_data(file: Path, spec: SweepFile, cwd: Path, check_data: bool) -> D
 
 def _resolve_command(file: Path, command: CommandConfig, cwd: Path, check: bool) -> CommandConfig:
     """`workdir` absolute (trials run elsewhere) and present; relative metric files under it."""
-    workdir = Path(_resolve_path(command.workdir, cwd))
+    workdir = Path(_resolve_path(command.workdir, cwd, file, "command.workdir"))
     if check and not workdir.is_dir():
         raise SweepConfigError(file, "command.workdir", f"{workdir} is not a directory; point it at "
                                "the directory your training command runs in")
     metrics = command.metrics
     kind, _, path = metrics.partition(":")
-    if path and not path.startswith("{trial_dir}") and not Path(path).expanduser().is_absolute():
-        metrics = f"{kind}:{workdir / path}"
-    elif path:
-        metrics = f"{kind}:{Path(path).expanduser()}" if not path.startswith("{") else metrics
+    try:
+        if path and not path.startswith("{trial_dir}") and not Path(path).expanduser().is_absolute():
+            metrics = f"{kind}:{workdir / path}"
+        elif path:
+            metrics = f"{kind}:{Path(path).expanduser()}" if not path.startswith("{") else metrics
+    except RuntimeError as exc:  # ~user of no such user
+        raise SweepConfigError(file, "command.metrics", f"{_short_repr(path)} is not a usable path: {exc}") from None
     return command.model_copy(update={"workdir": str(workdir), "metrics": metrics})
 
 
@@ -443,18 +635,21 @@ def _check_key(file: Path, field: str, base: dict[str, Any], key: str) -> None:
         raise SweepConfigError(file, field, f"{key!r} is not a key of `base`{_suggest(key, list(flat))}")
 
 
-def _check_search(file: Path, spec: SweepFile, base_model: type[BaseModel], base: dict[str, Any]) -> list[Dimension]:
+def _check_search(file: Path, spec: SweepFile, base_model: type[BaseModel], base: dict[str, Any],
+                  origins: dict[str, Path]) -> list[Dimension]:
+    """The search space; an error about a key an include fragment set names that fragment."""
     try:
         dims = parse_search(spec.search)
     except SpaceError as exc:
         field, _, msg = str(exc).partition(": ")
-        raise SweepConfigError(file, field, msg) from None
+        raise SweepConfigError(origins.get(field.removeprefix("search."), file), field, msg) from None
     for d in dims:
         if spec.task in OPEN_TASKS:
             continue  # the script's keys: only the script can check them
-        _check_key(file, f"search.{d.key}", base, d.key)
+        where = origins.get(d.key, file)
+        _check_key(where, f"search.{d.key}", base, d.key)
         for value in d.representative_values():
-            _check_value(file, f"search.{d.key}", base_model, base, d.key, value)
+            _check_value(where, f"search.{d.key}", base_model, base, d.key, value)
         if d.kind == "grid" and spec.search_alg.name != "grid":
             raise SweepConfigError(file, f"search.{d.key}", "`grid` needs `search_alg: {name: grid}`; "
                                    "with Optuna or random search use `choice`")
@@ -508,6 +703,9 @@ def _check_objective(file: Path, spec: SweepFile, field: str = "objective") -> N
 def _check_ablation(file: Path, spec: SweepFile, base_model: type[BaseModel], base: dict[str, Any]) -> None:
     abl = spec.ablation
     assert abl is not None
+    if isinstance(abl.seeds, int) and abl.seeds > MAX_SEEDS:
+        raise SweepConfigError(file, "ablation.seeds", f"{abl.seeds} seeds is more than {MAX_SEEDS}: every variant "
+                               "runs once per seed; give the number of seeds (e.g. 3) or a list of them")
     if spec.search:
         raise SweepConfigError(file, "ablation", "a sweep either searches (`search`, `include`) or ablates "
                                "(`ablation`), not both: move the searched keys into `ablation.factors`")
@@ -533,6 +731,13 @@ def _check_ablation(file: Path, spec: SweepFile, base_model: type[BaseModel], ba
                                        "list only values that differ from `base`")
         if len({repr(v) for v in values}) != len(values):
             raise SweepConfigError(file, field, "lists a value twice")
+    counts = [len(v) for v in abl.factors.values()]
+    variants = math.prod(n + 1 for n in counts) if abl.full_factorial else 1 + sum(counts)
+    trials = variants * len(abl.seed_values)
+    if trials > MAX_ABLATION_TRIALS:
+        raise SweepConfigError(file, "ablation.factors", f"{variants} variants x {len(abl.seed_values)} seeds = "
+                               f"{trials} trials, more than {MAX_ABLATION_TRIALS}; use fewer factors or values"
+                               + (" (or full_factorial: false)" if abl.full_factorial else ""))
 
 
 def _check_budget(file: Path, spec: SweepFile, dims: list[Dimension], base: dict[str, Any]) -> None:

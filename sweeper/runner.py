@@ -2,9 +2,12 @@
 
     outcome = launch(sweep, address=None)   # local Ray sized to this machine, or join a cluster
 
-The Ray experiment lives at `storage/name`. Launching a sweep whose experiment already exists
-there continues it (finished trials are not rerun, running ones resume from their last
-checkpoint, MLflow runs continue in place); `fresh=True` moves the old experiment aside first.
+The Ray experiment lives at `storage/name`: a local directory, or a URI (`s3://bucket/prefix`,
+`gs://...`, any pyarrow/fsspec filesystem; query parameters such as `?endpoint_override=...`
+stay at the end). Launching a sweep whose experiment already exists there continues it
+(finished trials are not rerun, running ones resume from their last checkpoint, MLflow runs
+continue in place); `fresh=True` moves a local experiment aside first. Before any trial is
+dispatched, a node-local `storage` on a multi-node cluster is refused (`storage_problem`).
 The runner knows nothing about detection: it drives `sweeper.trainable.run_trial`.
 """
 from __future__ import annotations
@@ -76,8 +79,131 @@ def trial_dirname(trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
     return f"trial_{trial.trial_id}"
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
+def experiment_path(sweep: Sweep) -> str:
+    """`storage/name`, with a URI's query (`?endpoint_override=...&scheme=http`) kept at the end,
+    where pyarrow reads it (`Sweep.experiment_dir` would append the name to the query)."""
+    base, sep, query = sweep.spec.storage.partition("?")
+    return f"{base.rstrip('/')}/{sweep.name}{sep}{query}"
+
+
+def _local_dir(path: str) -> Path | None:
+    """The directory of a local path or `file://` URI; None for remote storage."""
+    if path.startswith("file://"):
+        return Path(path[len("file://"):])
+    return None if "://" in path else Path(path)
+
+
+def driver_dir(sweep: Sweep) -> Path:
+    """Where the driver keeps its own files: the experiment directory for local storage; for a
+    URI, `runs/NAME` in the launch directory (a copy of the state, so `sweeper resume NAME`
+    finds the experiment, and ASHA's rungs)."""
+    return _local_dir(experiment_path(sweep)) or Path(sweep.cwd) / "runs" / sweep.name
+
+
+def _filesystem(uri: str):  # noqa: ANN202 - (pyarrow.fs.FileSystem, path in it)
+    """The filesystem Ray itself would use for `uri`: pyarrow's (s3, gs, hdfs), else fsspec's."""
+    import pyarrow
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
+
+
+def _read_state(experiment: str | Path) -> dict[str, Any] | None:
+    """What launch recorded in the experiment (`sweeper.json`), local or remote; None if absent."""
+    local = _local_dir(str(experiment))
+    if local is not None:
+        path = local / STATE_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+    fs, path = _filesystem(str(experiment))
+    try:
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        return None
+
+
+def _write_state(experiment: str, state: dict[str, Any]) -> None:
+    local = _local_dir(experiment)
+    if local is not None:
+        local.mkdir(parents=True, exist_ok=True)
+        (local / STATE_FILE).write_text(json.dumps(state))
+        return
+    fs, path = _filesystem(experiment)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{STATE_FILE}") as fh:
+        fh.write(json.dumps(state).encode())
+
+
+# --------------------------------------------------------------------------- shared storage
+#: filesystem types (/proc/mounts) that every node of a cluster can mount at the same path
+SHARED_FSTYPES = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph", "glusterfs",
+    "fuse.glusterfs", "wekafs", "panfs", "fuse.juicefs", "fuse.gcsfuse", "fuse.s3fs", "fuse.sshfs",
+    "fuse.mountpoint-s3", "fuse.rclone",
+})
+SHARED_ENV = "SWEEPER_SHARED_STORAGE"  # directories, ':'-separated, that every node mounts at the same path
+
+
+def storage_problem(storage: str, alive_nodes: int, fstype: str | None, declared: list[str]) -> str | None:
+    """Why `storage` cannot hold a sweep on a cluster of `alive_nodes` nodes; None if it can.
+
+    Ray's trials write their checkpoints to `storage` from the node they run on, and a retried
+    or resumed trial restores from it on whichever node it lands. A directory on one node's local
+    disk breaks both as soon as a second node exists, and Ray only notices when a trial first
+    saves. Accepted: any URI (`s3://`, `gs://`, ...), a path on a network filesystem (`fstype`
+    in SHARED_FSTYPES, as /proc/mounts names it), or a path under a directory the user declares
+    shared in $SWEEPER_SHARED_STORAGE (an NFS mount this check cannot recognise, or several Ray
+    nodes on one machine).
+    """
+    local = _local_dir(storage)
+    if local is None or alive_nodes <= 1 or (fstype or "") in SHARED_FSTYPES:
+        return None
+    path = Path(os.path.abspath(local))
+    for root in declared:
+        if root and (path == Path(os.path.abspath(root)) or Path(os.path.abspath(root)) in path.parents):
+            return None
+    return (f"{storage} is on this machine's local disk ({fstype or 'unknown filesystem'}) but the Ray "
+            f"cluster has {alive_nodes} nodes: trials on the other nodes would write their checkpoints "
+            "to their own disks, where the driver cannot see them and a retried or resumed trial "
+            "cannot restore them. Use object storage (storage: s3://bucket/prefix or gs://bucket/prefix; "
+            "credentials from the usual AWS_*/GOOGLE_* variables on every node), a path on a shared "
+            f"filesystem (NFS, Lustre, GPFS, ...), or declare a directory every node mounts at the same "
+            f"path: {SHARED_ENV}=/mnt/team (':'-separated)")
+
+
+def _fstype(path: Path) -> str | None:
+    """The filesystem type of the mount holding `path` (longest mount point), from /proc/mounts."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    real = Path(os.path.realpath(path))
+    best, kind = "", None
+    for point, fstype in mounts:
+        point = point.replace("\\040", " ")
+        if (real == Path(point) or Path(point) in real.parents) and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def check_storage(sweep: Sweep) -> None:
+    """Refuse a node-local `storage` on a multi-node cluster, before any trial is dispatched."""
+    import ray
+
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    local = _local_dir(sweep.spec.storage)
+    fstype = _fstype(local) if local is not None and alive > 1 else None
+    problem = storage_problem(sweep.spec.storage, alive, fstype, os.environ.get(SHARED_ENV, "").split(":"))
+    if problem:
+        from sweeper.config import SweepConfigError
+
+        raise SweepConfigError(sweep.file, "storage", problem)
 
 
 def _init_ray(address: str | None, sweep: Sweep) -> None:
@@ -123,17 +249,20 @@ def check_resources(sweep: Sweep) -> None:
                                f"{need_gpu:g} GPU but no node has that (nodes: {have})")
 
 
-def _read_state(exp_dir: Path) -> dict[str, Any] | None:
-    path = exp_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def find_experiment(run_dir_or_name: str, storage: str = "runs") -> tuple[Path, dict[str, Any]]:
-    """`runs/NAME` (or just NAME under ./runs) -> (experiment dir, what launch recorded there)."""
-    for candidate in (Path(run_dir_or_name), Path(storage) / run_dir_or_name):
-        state = _read_state(candidate) if candidate.is_dir() else None
+def find_experiment(run_dir_or_name: str, storage: str = "runs") -> tuple[str, dict[str, Any]]:
+    """`runs/NAME`, just NAME under ./runs, or a storage URI (`s3://bucket/prefix/NAME?...`) ->
+    (experiment path or URI, what launch recorded there). A sweep stored at a URI leaves a copy
+    of its state in ./runs/NAME, so `sweeper resume NAME` works for it too."""
+    if "://" in run_dir_or_name and not run_dir_or_name.startswith("file://"):
+        state = _read_state(run_dir_or_name)
         if state:
-            return candidate.resolve(), state
+            return run_dir_or_name, state
+    else:
+        for candidate in (Path(run_dir_or_name), Path(storage) / run_dir_or_name):
+            state = _read_state(candidate) if candidate.is_dir() else None
+            if state:
+                remote = state.get("experiment", "")
+                return (remote if "://" in remote else str(candidate.resolve())), state
     raise LookupError(f"no sweep experiment at {run_dir_or_name!r} (looked for {STATE_FILE} in "
                       f"{run_dir_or_name} and {Path(storage) / run_dir_or_name}); pass the directory "
                       "`sweeper launch` printed, e.g. runs/NAME")
@@ -157,12 +286,12 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
 
     t0 = time.time()
     spec = sweep.spec
-    exp_dir = sweep.experiment_dir
-    local = _is_local(exp_dir)
+    exp_dir = experiment_path(sweep)
+    local = _local_dir(exp_dir)
     chash = config_hash(sweep)
-    if local and fresh and Path(exp_dir).exists():
-        aside = f"{exp_dir}.{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(exp_dir, aside)
+    if local is not None and fresh and local.exists():
+        aside = f"{local}.{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(local, aside)
         print(f"moved the previous experiment aside to {aside}")
 
     # Creating a new sqlite store runs MLflow's migrations (~4 s): overlap them with Ray's start.
@@ -175,13 +304,19 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         checked.result()  # a bad sweep raises here, before any trial exists
         store_ready.result()
     check_resources(sweep)
+    check_storage(sweep)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
     resumed = tune.Tuner.can_restore(exp_dir)
-    state = _read_state(Path(exp_dir)) if local else None
+    if resumed and fresh and local is None:
+        from sweeper.config import SweepConfigError
+
+        raise SweepConfigError(sweep.file, "storage", f"--fresh cannot move {exp_dir} aside in object "
+                               "storage; delete it there or choose another `name`")
+    state = (_read_state(exp_dir) or _read_state(driver_dir(sweep))) if resumed else None
     if resumed:
         if state and state.get("config_hash") != chash:
             from sweeper.config import SweepConfigError
@@ -204,7 +339,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
                                     grace_period=spec.scheduler.grace_period,
                                     reduction_factor=spec.scheduler.reduction_factor,
                                     brackets=spec.scheduler.brackets,
-                                    state_path=str(Path(exp_dir) / ASHA_STATE) if local else None)
+                                    state_path=str(driver_dir(sweep) / ASHA_STATE))
                      if spec.scheduler.name == "asha" else FIFOScheduler())
         # an ablation is a fixed list of (variant, seed) points: Tune's grid runs each exactly once
         ablation = spec.ablation is not None
@@ -232,43 +367,39 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
                     checkpoint_score_order=spec.objective.mode),
                 failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
                 # a command trial's log lives in its working dir: persist it beside the trial
-                sync_config=tune.SyncConfig(sync_artifacts=spec.command is not None),
+                sync_config=tune.SyncConfig(sync_artifacts=True),  # command.log, confusion matrices
             ),
         )
-    if local:
-        Path(exp_dir).mkdir(parents=True, exist_ok=True)
-        (Path(exp_dir) / STATE_FILE).write_text(json.dumps(
-            {"parent_run_id": parent_run_id, "config_hash": chash, "sweep_file": str(sweep.file),
-             "overrides": list(sweep.overrides), "cwd": str(sweep.cwd)}))
+    state = {"parent_run_id": parent_run_id, "config_hash": chash, "sweep_file": str(sweep.file),
+             "overrides": list(sweep.overrides), "cwd": str(sweep.cwd), "experiment": exp_dir}
+    _write_state(exp_dir, state)
+    if local is None:  # the driver's copy: `sweeper resume NAME` from the launch directory
+        _write_state(str(driver_dir(sweep)), state)
 
-    results = tuner.fit()
-    return _summarize(sweep, results, exp_dir, parent_run_id, resumed, time.time() - t0)
+    tuner.fit()  # Ctrl-C makes it return early; _summarize tells
+    return _summarize(sweep, exp_dir, parent_run_id, resumed, time.time() - t0)
 
 
-def _summarize(sweep: Sweep, results, exp_dir: str, parent_run_id: str, resumed: bool,  # noqa: ANN001
-               wall_s: float) -> Outcome:
+def _summarize(sweep: Sweep, exp_dir: str, parent_run_id: str, resumed: bool, wall_s: float) -> Outcome:
+    """Counts from the trials' MLflow status, which the tracking callback sets only when a trial
+    really ends. Ray's results cannot tell: on Ctrl-C Tune marks running trials TERMINATED, and
+    a finished trial restored by a resume comes back without its `done` flag."""
     from sweeper import tracking
-    from sweeper.search import stopped_early
 
-    finished = stopped = failed = 0
-    for r in results:
-        if r.error is not None:
-            failed += 1
-        elif stopped_early(r.metrics, sweep.max_t):
-            stopped += 1
-        elif r.metrics and r.metrics.get("epoch", 0) >= min(r.metrics.get("epochs_total", sweep.max_t), sweep.max_t):
-            finished += 1
+    try:
+        board = tracking.leaderboard(sweep.spec.tracking.uri, sweep.name)
+    except LookupError:
+        board = {"rows": [], "objective": sweep.spec.objective.metric}
+    status = [row["status"] for row in board["rows"]]
+    finished, stopped = status.count("finished"), status.count("stopped")
+    failed = status.count("failed") + status.count("diverged")
     interrupted = finished + stopped + failed < sweep.num_trials
     limit = sweep.spec.budget.max_failed_trials
     budget_hit = limit is not None and failed > limit
     best = None
-    try:
-        board = tracking.leaderboard(sweep.spec.tracking.uri, sweep.name, top=1)
-        top = board["rows"][0] if board["rows"] else None
-        if top and top[board["objective"]] is not None:
-            best = {"trial_id": top["trial"], "run_id": top["run_id"], "value": top[board["objective"]]}
-    except LookupError:
-        pass
+    top = board["rows"][0] if board["rows"] else None  # sorted by the objective, best first
+    if top and top[board["objective"]] is not None:
+        best = {"trial_id": top["trial"], "run_id": top["run_id"], "value": top[board["objective"]]}
     tracking.finish_sweep_run(sweep.spec.tracking.uri, parent_run_id, best,
                               "KILLED" if interrupted else "FINISHED")
     return Outcome(sweep.name, exp_dir, parent_run_id, sweep.num_trials, finished, stopped, failed,

@@ -83,10 +83,10 @@ class DetectionAugment(Strict):
                                 "of 4 images on a 2x2 canvas (random centre)")
     mosaic_until: float = Field(1.0, ge=0, le=1, description="fraction of the epochs with mosaic; 0.8 = none in "
                                 "the last 20%")
-    mosaic_min_size: float = Field(2.0, ge=0, description="px at the training resolution: a clipped mosaic "
-                                   "fragment with a shorter side is dropped")
-    mosaic_min_visibility: float = Field(0.25, ge=0, le=1, description="a clipped mosaic fragment keeping less "
-                                         "than this fraction of its box area is dropped")
+    mosaic_min_size: float = Field(2.0, ge=0, description="px at the training resolution: a box clipped by "
+                                   "the mosaic (or a scale-jitter crop) with a shorter side is dropped")
+    mosaic_min_visibility: float = Field(0.25, ge=0, le=1, description="a box clipped by the mosaic (or a "
+                                         "scale-jitter crop) keeping less than this fraction of its area is dropped")
     scale_jitter: float = Field(0.0, ge=0, lt=1, description="random rescale by a factor in [1-j, 1+j] (0 = off)")
     brightness: float = Field(0.0, ge=0, le=1, description="colour jitter: brightness factor in [1-b, 1+b]")
     contrast: float = Field(0.0, ge=0, le=1, description="colour jitter: contrast factor in [1-c, 1+c]")

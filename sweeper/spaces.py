@@ -115,6 +115,9 @@ def parse_space(key: str, spec: Any) -> Dimension:
         if step <= 0:
             raise SpaceError(f"{kind} step must be > 0, got {step!r}")
         n_steps = (high - low) / step
+        if not math.isfinite(n_steps) or n_steps > 1e9:
+            raise SpaceError(f"{kind} range [{low}, {high}] has too many steps of {step} "
+                             f"({n_steps:.3g}); use a larger step or no step")
         if abs(n_steps - round(n_steps)) > 1e-9:
             raise SpaceError(
                 f"{kind} range [{low}, {high}] is not a whole number of steps of {step}"

@@ -229,12 +229,15 @@ class MLflowTrialLogger(Callback):
         self.c.set_terminated(run_id, "FAILED")
 
     def _attach_log(self, trial, run_id: str) -> None:  # noqa: ANN001
-        """A command trial's output log, as Ray persisted it beside the trial (local storage)."""
-        if self.sweep.spec.command is None:
-            return
-        log = Path(trial.path) / COMMAND_LOG
-        if log.is_file():
+        """A command trial's output log and a task's evaluation files (`artifacts/`: the
+        confusion matrix), as Ray persisted them beside the trial (local storage)."""
+        path = Path(trial.path)
+        log = path / COMMAND_LOG
+        if self.sweep.spec.command is not None and log.is_file():
             self.c.log_artifact(run_id, str(log))
+        files = path / TASK_ARTIFACTS
+        if files.is_dir() and any(files.iterdir()):
+            self.c.log_artifacts(run_id, str(files), TASK_ARTIFACTS)
 
     def on_experiment_end(self, trials, **info) -> None:  # noqa: ANN001
         # Ray persists a trial's files when its worker lets go of it, which can be after the
@@ -245,6 +248,8 @@ class MLflowTrialLogger(Callback):
 
 
 COMMAND_LOG = "command.log"
+#: a trial directory's folder of task evaluation files (sweeper.trainable.ARTIFACTS_DIR)
+TASK_ARTIFACTS = "artifacts"
 
 
 def _trial_error_text(trial) -> str:  # noqa: ANN001

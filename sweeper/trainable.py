@@ -24,6 +24,8 @@ from ray import tune
 from sweeper.config import Sweep, trial_config, trial_params
 
 STATE_FILE = "trial_state.pt"
+#: subdirectory of a trial's directory for the task's evaluation files (tracking attaches them)
+ARTIFACTS_DIR = "artifacts"
 
 
 def _threads_for_trial(sweep: Sweep) -> int:
@@ -35,6 +37,16 @@ def _better(a: float, b: float | None, mode: str) -> bool:
     if b is None or (isinstance(b, float) and math.isnan(b)):
         return True
     return a > b if mode == "max" else a < b
+
+
+def _raise_if_worker_crash(exc: RuntimeError, during: str) -> None:
+    """torch reports a dead DataLoader worker as a bare RuntimeError; the trial's error (MLflow,
+    leaderboard) should say it was a data-loader worker crash and what to look at."""
+    from sweeper.tasks.training import worker_crash
+
+    crash = worker_crash(exc, during)
+    if crash is not None:
+        raise crash from exc
 
 
 def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
@@ -50,6 +62,8 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
 
     torch.set_num_threads(_threads_for_trial(sweep))
     cfg = trial_config(sweep, config)
+    # files a task writes at evaluation (confusion matrix), attached to the trial's MLflow run
+    cfg["artifacts_dir"] = str(Path(tune.get_context().get_trial_dir()) / ARTIFACTS_DIR)
     device = "cuda" if sweep.spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     epochs = int(cfg["train"]["epochs"])
     objective, mode = sweep.spec.objective.metric, sweep.spec.objective.mode
@@ -95,7 +109,14 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
             print(f"out of memory at a per-step batch of {-(-batch // micro)}: retrying from epoch {epoch} with "
                   f"{cfg['train']['micro_batches']} micro-batches (effective batch {batch} kept)", flush=True)
             continue
-        metrics.update(task.evaluate())
+        except RuntimeError as exc:
+            _raise_if_worker_crash(exc, f"training epoch {epoch}")
+            raise
+        try:
+            metrics.update(task.evaluate())
+        except RuntimeError as exc:
+            _raise_if_worker_crash(exc, f"evaluating epoch {epoch}")
+            raise
         value = metrics.get(objective)
         if value is not None and _better(value, best, mode):
             best = value

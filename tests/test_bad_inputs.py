@@ -123,19 +123,7 @@ SWEEP_CASES = [
     SweepCase("command_with_data", "data", "reads no `data`", ("data: {train: a, val: b, images: c}\n", "")),
 ]
 #: (case, "load" | "cli") -> why it fails today; these run as strict xfails until fixed
-KNOWN_BUGS = {
-    # sweeper/config.py `_load_fragment`: a fragment without a `search:` key is read as a plain
-    # key -> space map, so `serach:` becomes a searched key and the error names the sweep file.
-    **{("fragment_typo", t): "a misspelt `search:` in an include fragment is blamed on the sweep file "
-       "(field 'search.serach', 'unknown search kind'), not on the fragment" for t in ("load", "cli")},
-    # sweeper/config.py `_raise_validation` drops loc parts matching [A-Z]\w* (meant for pydantic
-    # model names), so a user key starting with a capital vanishes from the field
-    **{("typo_capitalised_top_level", t): "an unknown top-level key starting with a capital ('Budget') "
-       "crashes _raise_validation with IndexError (loc[-1] of an empty loc); the CLI shows a traceback"
-       for t in ("load", "cli")},
-    **{("typo_capitalised_nested_key", t): "an unknown nested key starting with a capital (budget.Num_samples) "
-       "is reported as field 'budget' ('unknown key (did you mean 'budget'?)')" for t in ("load", "cli")},
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _sweep_params(test: str) -> list[Any]:

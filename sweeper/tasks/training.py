@@ -1,5 +1,6 @@
 """Training pieces every task shares: seeding, optimizer, per-iteration LR schedule, RNG state,
-the non-finite-loss guard and the inference-time grid.
+the non-finite-loss guard, the inference-time grid, and telling a dead DataLoader worker
+(`worker_crash`) from other errors.
 
 Tasks build these from the `train.*` block of a trial config, so `train.optimizer`, `train.lr`,
 `train.schedule`, `train.warmup_epochs` ... mean the same for detection and DBNet::
@@ -15,6 +16,8 @@ import itertools
 import math
 import os
 import random
+import re
+import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -220,3 +223,79 @@ def check_injected_oom(micro_batch: int) -> None:
     if limit is not None and micro_batch > int(limit):
         raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {INJECT_OOM_ENV}={limit} for a "
                                      f"micro-batch of {micro_batch})")
+
+
+#: test-only fault injection: a DataLoader worker loading a training item of this epoch SIGKILLs itself
+INJECT_WORKER_CRASH_ENV = "SWEEPER_INJECT_WORKER_CRASH"
+
+
+def check_injected_worker_crash(epoch: int) -> None:
+    """SIGKILL this process when the test hook asks for it (env SWEEPER_INJECT_WORKER_CRASH=<epoch>)
+    and it is a DataLoader worker loading a training item of that epoch: a real dead worker, as a
+    segfaulting image decoder or the kernel's out-of-memory killer leaves one. Never kills the
+    trial's own process (train.workers: 0 loads in it)."""
+    at = os.environ.get(INJECT_WORKER_CRASH_ENV)
+    if at is not None and int(at) == epoch and torch.utils.data.get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DataLoaderWorkerError(RuntimeError):
+    """A DataLoader worker process died (killed by a signal, a crash in native code, the OOM
+    killer). torch reports it as a bare RuntimeError; this one says what to look at."""
+
+
+#: torch's words for a dead worker: the loader's own check ("pid(s) 12, 13 ... exited unexpectedly")
+#: and, in a main thread, its SIGCHLD handler ("pid 12) is killed by signal: Killed." / "... exited
+#: unexpectedly with exit code 1")
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (?:is killed by signal: ([^.]+)|"
+                          r"exited unexpectedly(?: with exit code (-?\d+))?)")
+
+
+def _exit_codes(exc: BaseException) -> dict[int, int]:
+    """pid -> exit code of the dead workers, from the DataLoader frame that raised `exc` (torch's
+    message has no exit code when it comes from the loader's own check, as in Ray's trial threads)."""
+    codes: dict[int, int] = {}
+    tb = exc.__traceback__
+    while tb is not None:
+        for w in tb.tb_frame.f_locals.get("failed_workers") or ():
+            if getattr(w, "pid", None) is not None and isinstance(getattr(w, "exitcode", None), int):
+                codes[int(w.pid)] = int(w.exitcode)
+        tb = tb.tb_next
+    return codes
+
+
+def worker_crash(exc: BaseException, during: str) -> DataLoaderWorkerError | None:
+    """A DataLoaderWorkerError for `exc` if it is torch's report of a dead DataLoader worker, else
+    None. `during` says what the trial was doing ("training epoch 3")."""
+    match = _WORKER_DIED.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if match is None:
+        return None
+    pids = [int(p) for p in re.findall(r"\d+", match.group(1))]
+    codes = _exit_codes(exc)
+    if match.group(2):  # strsignal's words ("Killed"): name the signal too
+        text = match.group(2).strip()
+        names = [s.name for s in signal.Signals if signal.strsignal(s) == text]
+        how = f"killed by signal {names[0]} ({text})" if names else f"killed by signal {text}"
+    elif match.group(3):
+        how = f"exit code {match.group(3)}"
+    elif any(codes.get(p, 0) < 0 for p in pids):
+        names = sorted({_signal_name(-codes[p]) for p in pids if codes.get(p, 0) < 0})
+        how = f"killed by signal {', '.join(names)}"
+    elif any(p in codes for p in pids):
+        how = f"exit code {', '.join(str(codes[p]) for p in pids if p in codes)}"
+    else:
+        how = "cause unknown"
+    who = f"worker processes (pids {', '.join(map(str, pids))})" if len(pids) > 1 else f"worker process (pid {pids[0]})"
+    oom = " (SIGKILL is often the kernel's out-of-memory killer)" if "SIGKILL" in how else ""
+    return DataLoaderWorkerError(
+        f"DataLoader worker crash: {who} died while "
+        f"{during}, {how}{oom}. Lower train.workers (0 loads data in the trial's own process, where a "
+        "decoder's real error shows), check the dataset's images (a corrupt file can crash a decoder), and "
+        "the machine's memory and shared memory (/dev/shm)")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"{signum}"

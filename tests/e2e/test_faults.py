@@ -51,3 +51,43 @@ def test_out_of_memory_halves_the_per_step_batch_then_gives_up(tmp_path: Path) -
     assert "CUDA out of memory" in failed.data.tags["sweeper.error"]
     assert "budget.oom_retries 1" in failed.data.tags["sweeper.error"]
     assert "out of memory at a per-step batch of 2: retrying from epoch 1 with 2 micro-batches" in proc.stdout + proc.stderr
+
+
+WORKER_CRASH_SWEEP = """
+name: worker-crash
+task: detection
+data: {train: data/train.json, val: data/val.json, images: data/images, synth: {images: 8, size: 64, seed: 2}}
+base:
+  model: {arch: retinanet, backbone: resnet18, fpn_channels: 16}
+  train: {epochs: 2, batch_size: 2, resolution: 64, warmup_epochs: 0, lr: 0.001, optimizer: adamw, workers: 1}
+objective: {metric: train/loss, mode: min}
+scheduler: {name: fifo}
+budget: {num_samples: 1}
+"""
+
+
+def test_a_dead_data_loader_worker_fails_the_trial_saying_so(tmp_path: Path) -> None:
+    """The worker loading epoch 2 is SIGKILLed (the test hook in the detection dataset): the trial
+    fails with a DataLoaderWorkerError naming the crash, the signal and what to change, in MLflow
+    and on the leaderboard, after epoch 1 was recorded."""
+    (tmp_path / "crash.yaml").write_text(textwrap.dedent(WORKER_CRASH_SWEEP))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SWEEPER_INJECT_WORKER_CRASH": "2"}
+    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "crash.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = c.get_experiment_by_name("worker-crash")
+    (run,) = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")
+    error = run.data.tags["sweeper.error"]
+    assert run.data.tags["sweeper.status"] == "failed" and run.info.status == "FAILED"
+    assert error.startswith("sweeper.tasks.training.DataLoaderWorkerError: DataLoader worker crash: worker "
+                            "process (pid "), error
+    assert "died while training epoch 2, killed by signal SIGKILL" in error and "Lower train.workers" in error, error
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1]
+    board = subprocess.run([sys.executable, "-m", "sweeper.cli", "leaderboard", "worker-crash", "--format", "json"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert board.returncode == 0, board.stdout + board.stderr
+    assert "DataLoader worker crash" in board.stdout and "SIGKILL" in board.stdout, board.stdout

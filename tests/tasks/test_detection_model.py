@@ -1,7 +1,8 @@
-"""Detection models: every arch x backbone builds and runs; config knobs reach the detector."""
+"""Detection models: every arch x neck x backbone builds and runs; config knobs reach the detector."""
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,11 @@ import timm
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from sweeper.tasks.detection.model import ARCHS, build_model, check_backbone, get_postprocess, set_postprocess
+from sweeper.tasks.detection.losses import fcos_norm_groups
+from sweeper.tasks.detection.model import (ARCHS, NECKS, PathAggregationFPN, build_model, check_backbone,
+                                           get_postprocess, set_postprocess, set_resolution)
 
-BACKBONES = ["resnet18", "mobilenetv3_small_100"]
+BACKBONES = ["resnet18", "mobilenetv3_small_100"]  # a ResNet and a non-ResNet (depthwise, SE, hardswish)
 RES = 96
 
 
@@ -31,10 +34,12 @@ def _batch() -> tuple[list[torch.Tensor], list[dict]]:
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("neck", sorted(NECKS))
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_build_train_and_eval_forward(arch: str, backbone: str) -> None:
+def test_build_train_and_eval_forward(arch: str, neck: str, backbone: str) -> None:
     torch.manual_seed(0)
-    model = build_model(_cfg(arch, backbone), num_classes=3, resolution=RES, post={"score_thresh": 0.0})
+    model = build_model(_cfg(arch, backbone, neck=neck), num_classes=3, resolution=RES, post={"score_thresh": 0.0})
+    assert isinstance(model.backbone.fpn, PathAggregationFPN) == (neck == "pafpn")
     # inputs arrive resized and padded: the detector's transform must not resize again
     assert model.transform.min_size == (RES,) and model.transform.max_size == RES
     mean = timm.create_model(backbone, pretrained=False, features_only=True).pretrained_cfg["mean"]
@@ -44,6 +49,8 @@ def test_build_train_and_eval_forward(arch: str, backbone: str) -> None:
     losses = model(images, targets)
     assert losses and all(math.isfinite(float(v.detach())) for v in losses.values())
     sum(losses.values()).backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads[-4:])  # the loss reaches the neck's last layers
     model.eval()
     with torch.no_grad():
         preds = model(images)
@@ -67,19 +74,68 @@ def test_post_settings_reach_the_detector(arch: str) -> None:
         assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2", "3"]
 
 
-@pytest.mark.parametrize("arch, strides", [("faster_rcnn", [4, 8, 16, 32, 64]), ("retinanet", [8, 16, 32, 64, 128])])
-def test_anchor_sizes_default_and_override(arch: str, strides: list[int]) -> None:
+@pytest.mark.parametrize("arch, strides, scale, ratios", [
+    ("faster_rcnn", [4, 8, 16, 32, 64], 4, 3),
+    ("retinanet", [8, 16, 32, 64, 128], 4, 3),
+    ("fcos", [8, 16, 32, 64, 128], 1, 1),  # FCOS: one location "anchor" of the stride's size
+])
+def test_anchor_sizes_default_and_override(arch: str, strides: list[int], scale: int, ratios: int) -> None:
     model = build_model(_cfg(arch, "mobilenetv3_small_100"), num_classes=2, resolution=64)
     assert model.backbone.strides == strides
     gen = model.rpn.anchor_generator if arch == "faster_rcnn" else model.anchor_generator
-    assert gen.sizes == tuple((4 * s,) for s in strides)
-    assert gen.num_anchors_per_location() == [3] * len(strides)
+    assert gen.sizes == tuple((scale * s,) for s in strides)
+    assert gen.num_anchors_per_location() == [ratios] * len(strides)
     custom = [10, 20, 40, 80, 160]
     model = build_model(_cfg(arch, "mobilenetv3_small_100", anchor_sizes=custom), num_classes=2, resolution=64)
     gen = model.rpn.anchor_generator if arch == "faster_rcnn" else model.anchor_generator
     assert gen.sizes == tuple((s,) for s in custom)
     with pytest.raises(ValueError, match=r"model\.anchor_sizes: need one size per FPN level \(5 levels"):
         build_model(_cfg(arch, "mobilenetv3_small_100", anchor_sizes=[8, 16]), num_classes=2, resolution=64)
+
+
+def test_pafpn_adds_a_bottom_up_path() -> None:
+    torch.manual_seed(0)
+    neck = build_model(_cfg("retinanet", neck="pafpn"), num_classes=2, resolution=64).backbone.fpn
+    feats = OrderedDict((str(i), torch.randn(1, c, 32 // 2**i, 32 // 2**i)) for i, c in enumerate([128, 256, 512]))
+    out, p = neck(feats), neck.fpn(feats)
+    assert list(out) == ["0", "1", "2", "p6", "p7"]  # the same levels as fpn, P6/P7 on top
+    assert [v.shape[-1] for v in out.values()] == [32, 16, 8, 4, 2] and {v.shape[1] for v in out.values()} == {32}
+    torch.testing.assert_close(out["0"], p["0"], rtol=0, atol=0)  # N_2 = P_2
+    expected = neck.fuse[0](p["1"] + neck.down[0](out["0"]))  # N_{i+1} = conv(P_{i+1} + conv_s2(N_i))
+    torch.testing.assert_close(out["1"], expected)
+    assert not torch.allclose(out["1"], p["1"])
+    with pytest.raises(ValueError, match=r"model\.neck: unknown neck 'panet'; known: fpn, pafpn"):
+        build_model(_cfg("retinanet", neck="panet"), num_classes=2, resolution=64)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_set_resolution_takes_new_inputs_as_they_are(arch: str) -> None:
+    model = build_model(_cfg(arch, "mobilenetv3_small_100"), num_classes=2, resolution=64).eval()
+    image = torch.rand(3, 96, 96)
+    resized, _ = model.transform([image])
+    assert resized.image_sizes == [(64, 64)]  # built for 64 px: a 96 px input would be shrunk
+    set_resolution(model, 96)
+    batch, _ = model.transform([image])
+    assert batch.image_sizes == [(96, 96)]
+    mean, std = torch.tensor(model.transform.image_mean), torch.tensor(model.transform.image_std)
+    torch.testing.assert_close(batch.tensors[0, :, :96, :96], (image - mean[:, None, None]) / std[:, None, None])
+    set_postprocess(model, score_thresh=0.0)
+    with torch.no_grad():
+        boxes = model([image])[0]["boxes"]
+    assert len(boxes) and float(boxes.max()) <= 96 and float(boxes.max()) > 64  # in the input's coordinates
+    with pytest.raises(ValueError, match="resolution must be a positive"):
+        set_resolution(model, 0)
+
+
+@pytest.mark.parametrize("channels, groups", [(256, 32), (64, 32), (32, 16), (24, 8), (16, 8), (9, 1)])
+def test_fcos_head_fits_narrow_fpns(channels: int, groups: int) -> None:
+    """torchvision's FCOS head uses GroupNorm(32, C): the builder picks groups that divide C, with
+    2+ channels each (else a 1x1 level of a single evaluated image cannot be normalised)."""
+    assert fcos_norm_groups(channels) == groups
+    if channels == 24:
+        model = build_model(_cfg("fcos", "mobilenetv3_small_100", fpn_channels=24), num_classes=2, resolution=64)
+        norms = [m for m in model.head.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert norms and {(m.num_groups, m.num_channels) for m in norms} == {(8, 24)}
 
 
 def test_check_backbone_suggests_close_matches() -> None:

@@ -104,8 +104,69 @@ def test_eval_grid_scores_each_point_from_one_forward_pass(data: dict) -> None:
     direct_default = DetectionTask({**config, "eval_grid": {}})
     direct_default.model.load_state_dict(task.model.state_dict())
     assert metrics["default/map"] == direct_default.evaluate()["map"] <= metrics["map"]
-    with pytest.raises(ValueError, match=r"eval_grid\.post\.nms_iou: only"):
-        DetectionTask({**config, "eval_grid": {"post.nms_iou": [0.5]}})
+    with pytest.raises(ValueError, match=r"eval_grid\.post\.nms_thresh: only"):
+        DetectionTask({**config, "eval_grid": {"post.nms_thresh": [0.5]}})
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn", "retinanet"])
+def test_nms_iou_grid_equals_a_forward_pass_at_each_iou(data: dict, arch: str) -> None:
+    """NMS re-applied to one un-suppressed pass gives exactly what the detector returns at that IoU."""
+    config = make_config(data, arch=arch)
+    config["post"]["score_thresh"] = 0.0
+    config["eval_grid"] = {"post.nms_iou": [0.3, 0.5, 0.7]}
+    task = DetectionTask(config)
+    task.train_one_epoch(1)
+    preds = task.predict()
+    assert "model_boxes" in preds[0]  # the pass ran without NMS
+    for iou in (0.3, 0.5, 0.7):
+        plain = copy.deepcopy(config)
+        plain["eval_grid"], plain["post"]["nms_iou"] = {}, iou
+        direct = DetectionTask(plain)
+        direct.model.load_state_dict(task.model.state_dict())
+        expected = direct._coco_results(direct.predict(), 0.0, 100)
+        got = task._coco_results(preds, 0.0, 100, iou)
+        assert len(got) == len(expected) > 0
+        for a, b in zip(got, expected):
+            assert a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
+            assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+            assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
+    metrics = task.evaluate()
+    assert metrics["best/post.nms_iou"] in (0.3, 0.5, 0.7)
+
+
+def test_small_object_knobs_reach_training_and_evaluation(data: dict, tmp_path: Path) -> None:
+    """Mosaic, size weights, a resolution schedule, an eval resolution, custom area ranges and the
+    confusion matrix, through the task as a trial runs it."""
+    config = make_config(data, arch="fcos", epochs=2, resolution_schedule=[[0.5, 96]])
+    config["model"]["neck"] = "pafpn"
+    config["augment"] = {"mosaic_ratio": 1.0, "mosaic_until": 0.5}
+    config["loss"] = {"size_weights": {"small": 3.0, "medium": 1.5, "large": 1.0}, "size_thresholds": [16, 24],
+                      "size_weight_cls": True}
+    config["eval"] = {"resolution": 80, "area_ranges": {"tiny": [0, 16]}, "backend": "pycocotools",
+                      "confusion_iou": 0.5, "confusion_score": 0.0}
+    config["artifacts_dir"] = str(tmp_path / "artifacts")
+    task = DetectionTask(config)
+    seen = []
+    forward = task.model.forward
+
+    def spy(images, targets=None):
+        if targets is not None:
+            seen.append((images[0].shape[-1], task.train_ds.mosaic_on, "weights" in targets[0]))
+        return forward(images, targets)
+
+    task.model.forward = spy
+    task.train_one_epoch(1)
+    task.train_one_epoch(2)
+    assert {s[:2] for s in seen} == {(64, True), (96, False)}  # epoch 1: 64 px + mosaic; epoch 2: 96 px, none
+    assert all(s[2] for s in seen)  # size weights reached the detector
+    metrics = task.evaluate()
+    assert task.model.transform.min_size == (80,)
+    assert {"map_tiny", "ar_tiny", "map_small"} <= set(metrics)
+    saved = json.loads((tmp_path / "artifacts" / "confusion_matrix.json").read_text())
+    assert saved["names"] == ["red", "blue", "background"] and saved["iou"] == 0.5
+    n_gt = sum(1 for a in json.loads(Path(data["val"]).read_text())["annotations"])
+    assert sum(sum(row) for row in saved["matrix"][:2]) == n_gt  # every GT box is in a row
+    assert (tmp_path / "artifacts" / "confusion_matrix.png").stat().st_size > 1000
 
 
 def test_non_finite_loss_raises_with_epoch_and_step(data: dict) -> None:

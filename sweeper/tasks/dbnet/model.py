@@ -13,7 +13,10 @@ At inference only ``prob`` is used by post-processing; ``thresh``/``binary`` exi
   convs (the Upstage receipt baseline's shape); ``fpn`` uses torchvision's
   FeaturePyramidNetwork and concatenates every level upsampled to the finest one (DBNet paper).
 * ``model.channels`` is the decoder width; ``model.weights`` loads local backbone weights through
-  timm (never a download); backbones are timm names, created with ``features_only``.
+  timm (never a download); backbones are timm names, created with ``features_only``. timm loads
+  them non-strictly, so a file that cannot be read or does not fill the backbone (another model's
+  weights would leave it random without a word) raises ValueError naming ``model.weights`` and the
+  file, checked as detection checks its backbone.
 
 Usage::
 
@@ -32,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from sweeper.tasks.detection.model import _check_loaded, _read_weights, _shorten
+
 DECODERS = ("unet", "fpn")
 
 
@@ -40,17 +45,28 @@ def _conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
 
 
 def create_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """timm `features_only` backbone; local weights via `pretrained_cfg_overlay`, never downloaded."""
+    """timm `features_only` backbone; local weights via `pretrained_cfg_overlay`, never downloaded,
+    and checked to fill every weight of the backbone."""
     name = model_cfg.get("backbone", "resnet18")
     weights = model_cfg.get("weights")
     if model_cfg.get("pretrained") and not weights:
         raise ValueError("model.pretrained: true needs model.weights (a local file); sweeper never downloads weights")
     kwargs: dict[str, Any] = {"features_only": True}
     if weights:
-        if not Path(weights).is_file():
+        path = Path(weights).expanduser()
+        if not path.is_file():
             raise ValueError(f"model.weights: {weights} not found")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
-    body = timm.create_model(name, **kwargs)
+        in_file = _read_weights(path)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    try:
+        body = timm.create_model(name, **kwargs)
+    except (RuntimeError, KeyError) as exc:  # e.g. a tensor of the right name but another shape
+        if weights:
+            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: "
+                             f"{_shorten(str(exc))}") from exc
+        raise
+    if weights:
+        _check_loaded(body, in_file, f"model.weights: {weights} does not fit timm model {name!r}")
     return body
 
 

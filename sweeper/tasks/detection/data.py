@@ -14,14 +14,27 @@ Contract
   :data:`OUTSIDE_TOLERANCE` px outside their image (``width``/``height`` of its ``images`` record,
   when given) are counted and reported with one warning per dataset. Every box is clipped to its
   image when an item is made (and dropped if nothing is left), whether reported or not.
-* Transform: resize so the longest side equals ``resolution`` (aspect kept), optional random
-  horizontal flip (train only, applied before padding so the padding stays bottom/right), then
-  zero-pad bottom/right to ``resolution x resolution``. The detector therefore never resizes
-  again, and :func:`to_original_coords` maps predictions back exactly: divide by ``scale``,
-  clip to the original image.
+* Transform: resize so the longest side equals ``resolution`` (aspect kept), then zero-pad
+  bottom/right to ``resolution x resolution``. The detector therefore never resizes again, and
+  :func:`to_original_coords` maps predictions back exactly: divide by ``scale``, clip to the
+  original image. :meth:`CocoDetection.set_resolution` changes ``resolution`` (a
+  ``train.resolution_schedule``, an evaluation resolution).
+* Augmentation (``train=True`` only; see :mod:`.augment`): with probability
+  ``augment.mosaic_ratio`` an item is a mosaic of itself and 3 other images of the split, while
+  :meth:`CocoDetection.set_epoch` says mosaic is on (``augment.mosaic_until``); otherwise the
+  resize scale is jittered (``augment.scale_jitter``; a result larger than R is cropped at a random
+  place). Then horizontal (``hflip``) and vertical (``augment.vflip``) flips, on the content before
+  padding so the padding stays bottom/right, and colour jitter. All draws come from one RNG per
+  ``(seed, epoch, idx)``, so an epoch is the same after a checkpoint restore and for any number of
+  workers (set the epoch in the main process before iterating; workers are not persistent).
 * Every item is ``(image, target)``: image ``float32 [3, R, R]`` in ``[0, 1]``; target has
   ``boxes`` (``float32 [N, 4]`` xyxy, resized coordinates), ``labels`` (``int64 [N]``),
-  ``image_id`` (int, the COCO id), ``scale`` (float) and ``orig_size`` (``(height, width)``).
+  ``sizes`` (``float32 [N]``: sqrt of each box's area in ORIGINAL image pixels, of the visible part
+  for a clipped box, so size buckets do not move with the resolution), ``image_id`` (int, the
+  COCO id), ``scale`` (float) and ``orig_size`` (``(height, width)``). ``scale`` and
+  ``orig_size`` map back exactly only for unaugmented items (evaluation); a mosaic item has the
+  ``image_id`` of item ``idx``, ``scale`` 1.0 and ``orig_size`` ``(R, R)``, a scale-jittered item
+  the jittered scale.
 * Bad input raises :class:`DatasetError` naming the file and the field (and the image or
   annotation id): a missing or unreadable annotation file, JSON syntax errors, missing keys,
   duplicate image ids, unknown image or category ids, malformed boxes, a split without images,
@@ -30,9 +43,13 @@ Contract
 
 Usage::
 
-    ds = CocoDetection("data/train.json", "data/images", resolution=512, hflip=0.5, train=True)
+    ds = CocoDetection("data/train.json", "data/images", resolution=512, hflip=0.5, train=True,
+                       augment={"mosaic_ratio": 0.5, "mosaic_until": 0.8}, seed=0)
     loader = make_loader(ds, batch_size=4, shuffle=True, seed=0)
-    set_loader_epoch(loader, seed=0, epoch=1)     # same order for the same (seed, epoch)
+    for epoch in range(1, epochs + 1):
+        ds.set_epoch(epoch, epochs)                # mosaic on/off, per-item RNG
+        ds.set_resolution(resolution_at(epoch, epochs, 512, [[0.8, 640]]))
+        set_loader_epoch(loader, seed=0, epoch=epoch)     # same order for the same (seed, epoch)
     for images, targets in loader: ...
 """
 from __future__ import annotations
@@ -40,14 +57,34 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
+
+from sweeper.tasks.detection.augment import (
+    Tile,
+    box_sizes_original,
+    color_jitter,
+    hflip,
+    item_rng,
+    mosaic,
+    mosaic_active,
+    mosaic_centre,
+    parse_augment,
+    random_crop,
+    resolution_at,
+    scale_factor,
+    vflip,
+)
+
+__all__ = ["CocoDetection", "DatasetError", "collate_fn", "make_loader", "mosaic_active", "resolution_at",
+           "set_loader_epoch", "to_original_coords"]
 
 
 #: px a box may reach outside its image's width/height before it is reported (rounding noise)
@@ -109,7 +146,9 @@ class CocoDetection(Dataset):
 
     ``categories`` (a list of ``{"id", "name"}``) forces a label mapping, so the validation split
     uses the same labels as training; it is an error if this file's categories differ.
-    ``max_images`` keeps only the first N images in file order (quick trials).
+    ``max_images`` keeps only the first N images in file order (quick trials). ``augment`` is the
+    trial config's ``augment`` section (missing keys: off); it and ``hflip`` apply only when
+    ``train``. ``seed`` seeds the per-item augmentation RNG together with the epoch and index.
     """
 
     def __init__(
@@ -121,6 +160,8 @@ class CocoDetection(Dataset):
         hflip: float = 0.0,
         train: bool = False,
         max_images: int | None = None,
+        augment: Mapping[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.images_dir = Path(images_dir)
@@ -131,6 +172,10 @@ class CocoDetection(Dataset):
         self.resolution = resolution
         self.hflip = float(hflip) if train else 0.0
         self.train = train
+        self.augment = parse_augment(augment)
+        self.seed = int(seed)
+        self.epoch = 0  # until set_epoch: its own RNG stream, mosaic on as in epoch 1
+        self.mosaic_on = self.augment.mosaic_until > 0
         data = _read_json(self.ann_file)
         path = self.ann_file
 
@@ -227,6 +272,18 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Enter ``epoch`` (1-based) of ``epochs``: switches mosaic per ``augment.mosaic_until`` and
+        moves the per-item RNG on. Call it in the main process before iterating the loader."""
+        self.mosaic_on = mosaic_active(epoch, epochs, self.augment.mosaic_until)
+        self.epoch = int(epoch)
+
+    def set_resolution(self, resolution: int) -> None:
+        """Make items ``resolution x resolution`` from now on (see :func:`resolution_at`)."""
+        if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0:
+            raise DatasetError(f"resolution must be a positive int, got {resolution!r}")
+        self.resolution = resolution
+
     def load_image(self, idx: int) -> Image.Image:
         """Open image ``idx`` as RGB, turning any decoding error into a DatasetError naming it."""
         file = self.images_dir / self.images[idx]["file_name"]
@@ -240,48 +297,86 @@ class CocoDetection(Dataset):
             raise DatasetError(f"{file}: cannot read image (image id {self.images[idx]['id']} in "
                                f"{self.ann_file}): {exc}") from None
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _load(self, idx: int, factor: float = 1.0) -> tuple[Tile, float, tuple[int, int]]:
+        """Image ``idx`` resized to longest side ``resolution * factor`` (unpadded, still uint8:
+        a mosaic converts only the parts it keeps), its boxes clipped to it, and
+        ``(scale, (height, width))`` of the original."""
         rec = self.images[idx]
         im = self.load_image(idx)
         w, h = im.size
-        res = self.resolution
-        scale = res / max(w, h)
+        scale = self.resolution / max(w, h) * factor
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
         im = im.resize((new_w, new_h), Image.BILINEAR)
-        image = pil_to_tensor(im).float().div_(255.0)
+        image = pil_to_tensor(im)
 
-        boxes = torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4) * scale
+        orig = torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor(rec["labels"], dtype=torch.int64)
+        boxes = orig * scale
         # COCO boxes may poke outside the image; clip so no target lies in the padding.
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
+        orig[:, 0::2] = orig[:, 0::2].clamp(0, w)
+        orig[:, 1::2] = orig[:, 1::2].clamp(0, h)
+        sizes = box_sizes_original(orig)  # original pixels: independent of resolution and jitter
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not bool(keep.all()):
             if not self._warned_outside:
                 warnings.warn(
                     f"{self.ann_file}: image id {rec['id']}: dropped {int((~keep).sum())} box(es) "
                     "outside the image or too small after resizing (warned once per dataset)",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 self._warned_outside = True
-            boxes, labels = boxes[keep], labels[keep]
+            boxes, labels, sizes = boxes[keep], labels[keep], sizes[keep]
+        return (image, boxes, labels, sizes), scale, (h, w)
 
-        # torch's global RNG: seeded per worker by the DataLoader, saved in task checkpoints.
-        if self.hflip > 0 and float(torch.rand(())) < self.hflip:
-            image = image.flip(-1)
-            boxes = torch.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], dim=1)
+    def _mosaic(self, idx: int, rng: np.random.Generator) -> Tile:
+        """Item ``idx`` and 3 images drawn from the whole split, in random quadrants."""
+        aug, res = self.augment, self.resolution
+        order = [idx, *(int(i) for i in rng.integers(0, len(self), size=3))]
+        quadrant = rng.permutation(4)
+        centre = mosaic_centre(res, rng)
+        tiles: list[Tile] = [None] * 4  # type: ignore[list-item]
+        for q, i in zip(quadrant, order):
+            tiles[int(q)] = self._load(i, scale_factor(aug, rng))[0]
+        return mosaic(tiles, centre, res, aug.mosaic_min_size, aug.mosaic_min_visibility)
 
-        padded = torch.zeros(3, res, res, dtype=torch.float32)
-        padded[:, :new_h, :new_w] = image
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        rec, res, aug = self.images[idx], self.resolution, self.augment
+        if not self.train:
+            (image, boxes, labels, sizes), scale, orig_size = self._load(idx)
+            image = image.float().div_(255.0)
+        else:
+            from sweeper.tasks.training import check_injected_worker_crash  # test-only fault hook
+            check_injected_worker_crash(self.epoch)
+            rng = item_rng(self.seed, self.epoch, idx)
+            if self.mosaic_on and aug.mosaic_ratio > 0 and rng.random() < aug.mosaic_ratio:
+                image, boxes, labels, sizes = self._mosaic(idx, rng)
+                scale, orig_size = 1.0, (res, res)
+            else:
+                tile, scale, orig_size = self._load(idx, scale_factor(aug, rng))
+                image, boxes, labels, sizes = random_crop(tile, res, rng, aug.mosaic_min_size,
+                                                          aug.mosaic_min_visibility)
+            # flips on the content before padding, so the padding stays bottom/right
+            if self.hflip > 0 and rng.random() < self.hflip:
+                image, boxes = hflip(image, boxes)
+            if aug.vflip > 0 and rng.random() < aug.vflip:
+                image, boxes = vflip(image, boxes)
+            image = color_jitter(image.float().div_(255.0), aug, rng)
+
+        _, new_h, new_w = image.shape
+        padded = image if (new_h, new_w) == (res, res) else torch.zeros(3, res, res, dtype=torch.float32)
+        if padded is not image:
+            padded[:, :new_h, :new_w] = image
         target = {
             "boxes": boxes,
             "labels": labels,
+            "sizes": sizes,
             "image_id": rec["id"],
             "scale": scale,
-            "orig_size": (h, w),
+            "orig_size": orig_size,
         }
         return padded, target
-
 
 def to_original_coords(boxes: torch.Tensor, scale: float, orig_size: Sequence[int]) -> torch.Tensor:
     """Map xyxy boxes from resized/padded coordinates back to the original image.

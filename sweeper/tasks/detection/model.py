@@ -1,21 +1,31 @@
-"""Detection models: torchvision Faster R-CNN / RetinaNet on any timm backbone plus an FPN.
+"""Detection models: torchvision Faster R-CNN / RetinaNet / FCOS on any timm backbone plus an FPN.
 
 Contract
 --------
-``build_model(model_cfg, num_classes, resolution, post=None)`` returns a torchvision detector
-(``model.arch`` in :data:`ARCHS`) whose ``num_classes`` includes background (labels ``1..K``).
+``build_model(model_cfg, num_classes, resolution, post=None, loss_cfg=None)`` returns a torchvision
+detector (``model.arch`` in :data:`ARCHS`) whose ``num_classes`` includes background (labels ``1..K``).
 
 * Backbone: ``timm.create_model(model.backbone, features_only=True, out_indices=N)`` keeps the
   last N feature levels (4 for Faster R-CNN: strides 4..32 plus a max-pooled stride-64 level;
-  3 for RetinaNet: strides 8..32 plus P6/P7 convolutions, as in the RetinaNet paper).
-  torchvision's ``FeaturePyramidNetwork`` makes them ``model.fpn_channels`` wide.
+  3 for RetinaNet and FCOS: strides 8..32 plus P6/P7 convolutions, as in their papers).
+* Neck (``model.neck``, :data:`NECKS`), ``model.fpn_channels`` wide: ``fpn`` is torchvision's
+  ``FeaturePyramidNetwork`` (top-down); ``pafpn`` adds PANet's bottom-up path after it
+  (``N_2 = P_2; N_{i+1} = conv3x3(P_{i+1} + conv3x3_stride2(N_i))``, no activations, as mmdet's
+  PAFPN), then the same extra levels as ``fpn``.
 * Anchors: one size per FPN level, ``model.anchor_sizes`` or 4 x the level's stride, with
-  aspect ratios 0.5/1/2.
+  aspect ratios 0.5/1/2. FCOS has one square "anchor" per location whose size is the stride by
+  default (it sets FCOS's centre-sampling radius, 1.5x, and each level's regression range, 4-8x).
+* Losses are torchvision's, from the size-weighted heads of :mod:`.losses`: training targets
+  that carry ``weights`` (one per box) weight each matched anchor/proposal's box terms;
+  ``loss_cfg["size_weight_cls"]`` (the trial config's ``loss`` section) weights the
+  classification terms of positives too. Without ``weights`` the losses are torchvision's own.
 * The detector's own transform does not resize: inputs are already resized and padded to
   ``resolution x resolution`` by the data pipeline (min_size = max_size = resolution), and it
-  normalises with the backbone's pretrained mean/std.
+  normalises with the backbone's pretrained mean/std. :func:`set_resolution` changes that size on
+  a built model (``train.resolution_schedule``, ``eval.resolution``).
 * ``post`` (``score_thresh``, ``nms_iou``, ``max_dets``) sets the detector's postprocessing;
-  :func:`set_postprocess` changes it on a built model (the task's eval grid uses it).
+  :func:`set_postprocess` changes it on a built model (the task's eval grid uses it) and
+  :func:`get_postprocess` reads it back, for every arch.
 * No downloads, ever: ``model.weights`` is a local backbone file loaded through timm; with
   ``pretrained: True`` it is required. Loaded backbones get frozen BatchNorm statistics
   (torchvision does the same for pretrained backbones: batch-4 statistics would wreck them).
@@ -25,9 +35,11 @@ Contract
 
 Usage::
 
-    model = build_model({"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 64},
-                        num_classes=3, resolution=256, post={"score_thresh": 0.05})
-    losses = model(images, targets)        # train mode: dict of losses
+    model = build_model({"arch": "fcos", "neck": "pafpn", "backbone": "resnet18", "fpn_channels": 64},
+                        num_classes=3, resolution=256, post={"score_thresh": 0.05},
+                        loss_cfg={"size_weight_cls": False})
+    losses = model(images, targets)        # train mode: dict of losses (targets may carry "weights")
+    set_resolution(model, 320)             # now takes 320 x 320 inputs as they are
     model.eval(); preds = model(images)    # list of {"boxes", "scores", "labels"}
 """
 from __future__ import annotations
@@ -40,11 +52,15 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
+
+from sweeper.tasks.detection.losses import (WeightedFCOSHead, WeightedRetinaNetHead, WeightedRoIHeads,
+                                            WeightedRPN, fcos_norm_groups, set_size_weight_cls)
 
 #: aspect ratios (h/w) of the anchors at every location.
 ASPECT_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -65,19 +81,65 @@ def check_backbone(name: str) -> None:
     raise ValueError(f"model.backbone: unknown timm model {name!r}{hint}")
 
 
+class PathAggregationFPN(nn.Module):
+    """torchvision's FPN followed by PANet's bottom-up path aggregation, then the extra levels.
+
+    ``N_first = P_first; N_{i+1} = fuse_i(P_{i+1} + down_i(N_i))`` with 3x3 convolutions (``down``
+    stride 2), no activations (as the FPN's own convolutions and mmdet's PAFPN): the short path
+    from the high-resolution levels up to the coarse ones is what PANet adds for localisation.
+    Same input and output as ``FeaturePyramidNetwork``: an OrderedDict of levels.
+    """
+
+    def __init__(self, in_channels_list: list[int], out_channels: int, extra_blocks: ExtraFPNBlock | None) -> None:
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels)
+        steps = len(in_channels_list) - 1
+        self.down = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) for _ in range(steps))
+        self.fuse = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in range(steps))
+        for conv in [*self.down, *self.fuse]:  # initialised as torchvision's FPN convolutions
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.constant_(conv.bias, 0)
+        self.extra_blocks = extra_blocks
+
+    def forward(self, x: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+        names, inputs = list(x.keys()), list(x.values())
+        p = list(self.fpn(x).values())
+        n = [p[0]]
+        for p_next, down, fuse in zip(p[1:], self.down, self.fuse):
+            d = down(n[-1])
+            if d.shape[-2:] != p_next.shape[-2:]:  # odd sizes: a stride-2 conv rounds up, backbones may not
+                d = F.interpolate(d, size=p_next.shape[-2:], mode="nearest")
+            n.append(fuse(p_next + d))
+        if self.extra_blocks is not None:
+            n, names = self.extra_blocks(n, inputs, names)
+        return OrderedDict(zip(names, n))
+
+
+#: model.neck -> module(in_channels_list, out_channels, extra_blocks) over the backbone's levels
+NECKS: dict[str, Callable[..., nn.Module]] = {
+    "fpn": lambda channels, width, extra: FeaturePyramidNetwork(channels, width, extra_blocks=extra),
+    "pafpn": PathAggregationFPN,
+}
+
+
 class TimmFPNBackbone(nn.Module):
-    """timm feature extractor + torchvision FPN, returning an OrderedDict of feature maps.
+    """timm feature extractor + a feature pyramid (:data:`NECKS`), returning an OrderedDict of maps.
 
     torchvision detectors need ``out_channels`` and a dict of levels; ``strides`` gives each
     returned level's stride so anchors can be sized per level.
     """
 
-    def __init__(self, body: nn.Module, fpn_channels: int, extra: ExtraFPNBlock, num_extra: int) -> None:
+    def __init__(self, body: nn.Module, fpn_channels: int, extra: ExtraFPNBlock, num_extra: int,
+                 neck: str = "fpn") -> None:
         super().__init__()
+        if neck not in NECKS:
+            close = difflib.get_close_matches(str(neck), NECKS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"model.neck: unknown neck {neck!r}; known: {', '.join(NECKS)}{hint}")
         self.body = body
         channels = body.feature_info.channels()
         reductions = body.feature_info.reduction()
-        self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=extra)
+        self.fpn = NECKS[neck](channels, fpn_channels, extra)
         self.out_channels = fpn_channels
         self.level_names = [str(i) for i in range(len(channels))]
         self.strides = [*reductions, *(reductions[-1] * 2 ** (i + 1) for i in range(num_extra))]
@@ -155,16 +217,25 @@ def _check_loaded(body: nn.Module, in_file: Mapping[str, tuple[tuple[int, ...], 
                          f"{', '.join(unexpected[:5]) or 'none'})")
 
 
-def _anchors(model_cfg: Mapping[str, Any], strides: list[int]) -> AnchorGenerator:
+def _anchors(model_cfg: Mapping[str, Any], strides: list[int], scale: int = 4,
+             ratios: tuple[float, ...] = ASPECT_RATIOS) -> AnchorGenerator:
     sizes = model_cfg.get("anchor_sizes")
     if sizes is None:
-        sizes = [4 * s for s in strides]
+        sizes = [scale * s for s in strides]
     if len(sizes) != len(strides):
         raise ValueError(
             f"model.anchor_sizes: need one size per FPN level ({len(strides)} levels, "
             f"strides {strides}), got {list(sizes)}"
         )
-    return AnchorGenerator(tuple((int(s),) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
+    return AnchorGenerator(tuple((int(s),) for s in sizes), (ratios,) * len(sizes))
+
+
+def _backbone(body: nn.Module, model_cfg: Mapping[str, Any], extra: ExtraFPNBlock, num_extra: int) -> TimmFPNBackbone:
+    return TimmFPNBackbone(body, _channels(model_cfg), extra, num_extra, neck=model_cfg.get("neck") or "fpn")
+
+
+def _channels(model_cfg: Mapping[str, Any]) -> int:
+    return int(model_cfg.get("fpn_channels", 256))
 
 
 def _post_kwargs(post: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -179,10 +250,12 @@ def _transform_kwargs(body: nn.Module, resolution: int) -> dict[str, Any]:
             "image_mean": list(body.pretrained_cfg["mean"]), "image_std": list(body.pretrained_cfg["std"])}
 
 
-def _faster_rcnn(model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]) -> nn.Module:
+def _faster_rcnn(
+    model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
+) -> tuple[nn.Module, bool]:
     body, loaded = _create_body(model_cfg, num_levels=4)
-    backbone = TimmFPNBackbone(body, int(model_cfg.get("fpn_channels", 256)), LastLevelMaxPool(), num_extra=1)
-    return FasterRCNN(
+    backbone = _backbone(body, model_cfg, LastLevelMaxPool(), num_extra=1)
+    model = FasterRCNN(
         backbone,
         num_classes=num_classes,
         **_transform_kwargs(body, resolution),
@@ -191,18 +264,44 @@ def _faster_rcnn(model_cfg: Mapping[str, Any], num_classes: int, resolution: int
         box_roi_pool=MultiScaleRoIAlign(featmap_names=backbone.level_names, output_size=7, sampling_ratio=2),
         box_batch_size_per_image=int(model_cfg.get("box_batch_size_per_image") or 512),
         **_post_kwargs(post, "box_"),
-    ), loaded
+    )
+    # FasterRCNN builds its RPN and RoI heads inside __init__ from ~20 settings and takes no
+    # modules for them; the weighted subclasses add only loss code (no parameters, no __init__),
+    # so re-typing the built modules keeps every one of those settings.
+    model.rpn.__class__ = WeightedRPN
+    model.roi_heads.__class__ = WeightedRoIHeads
+    return model, loaded
 
 
-def _retinanet(model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]) -> nn.Module:
+def _retinanet(
+    model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
+) -> tuple[nn.Module, bool]:
     body, loaded = _create_body(model_cfg, num_levels=3)
-    ch = int(model_cfg.get("fpn_channels", 256))
-    backbone = TimmFPNBackbone(body, ch, LastLevelP6P7(ch, ch), num_extra=2)
+    ch = _channels(model_cfg)
+    backbone = _backbone(body, model_cfg, LastLevelP6P7(ch, ch), num_extra=2)
+    anchors = _anchors(model_cfg, backbone.strides)
     return RetinaNet(
         backbone,
         num_classes=num_classes,
         **_transform_kwargs(body, resolution),
-        anchor_generator=_anchors(model_cfg, backbone.strides),
+        anchor_generator=anchors,
+        head=WeightedRetinaNetHead(ch, anchors.num_anchors_per_location()[0], num_classes),
+        **_post_kwargs(post, ""),
+    ), loaded
+
+
+def _fcos(
+    model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
+) -> tuple[nn.Module, bool]:
+    body, loaded = _create_body(model_cfg, num_levels=3)
+    ch = _channels(model_cfg)
+    backbone = _backbone(body, model_cfg, LastLevelP6P7(ch, ch), num_extra=2)
+    return FCOS(
+        backbone,
+        num_classes=num_classes,
+        **_transform_kwargs(body, resolution),
+        anchor_generator=_anchors(model_cfg, backbone.strides, scale=1, ratios=(1.0,)),
+        head=WeightedFCOSHead(ch, 1, num_classes, norm_groups=fcos_norm_groups(ch)),
         **_post_kwargs(post, ""),
     ), loaded
 
@@ -211,6 +310,7 @@ def _retinanet(model_cfg: Mapping[str, Any], num_classes: int, resolution: int, 
 ARCHS: dict[str, Callable[..., tuple[nn.Module, bool]]] = {
     "faster_rcnn": _faster_rcnn,
     "retinanet": _retinanet,
+    "fcos": _fcos,
 }
 
 
@@ -219,11 +319,13 @@ def build_model(
     num_classes: int,
     resolution: int,
     post: Mapping[str, Any] | None = None,
+    loss_cfg: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build the detector described by ``model_cfg`` (the trial config's ``model`` section).
 
     ``num_classes`` counts background; ``resolution`` is the square input size the data
-    pipeline produces; ``post`` is the trial config's ``post`` section (optional).
+    pipeline produces; ``post`` is the trial config's ``post`` section (optional); ``loss_cfg`` its
+    ``loss`` section (optional: only ``size_weight_cls`` is read here, the weights come per target).
     """
     arch = model_cfg.get("arch", "faster_rcnn")
     if arch not in ARCHS:
@@ -233,7 +335,20 @@ def build_model(
     model, loaded = ARCHS[arch](model_cfg, num_classes, int(resolution), post or {})
     if loaded:
         timm.layers.freeze_batch_norm_2d(model.backbone.body)
+    set_size_weight_cls(model, bool((loss_cfg or {}).get("size_weight_cls", False)))
     return model
+
+
+def set_resolution(model: nn.Module, resolution: int) -> None:
+    """Make a built detector take ``resolution x resolution`` inputs as they are (no resize).
+
+    The data pipeline resizes and pads; the detector's transform would otherwise resize a new
+    size back to the one it was built for (``train.resolution_schedule``, ``eval.resolution``).
+    """
+    if int(resolution) < 1:
+        raise ValueError(f"resolution must be a positive number of px, got {resolution}")
+    model.transform.min_size = (int(resolution),)
+    model.transform.max_size = int(resolution)
 
 
 def set_postprocess(

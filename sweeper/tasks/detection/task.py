@@ -30,10 +30,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import batched_nms
 
 from sweeper.tasks import NonFiniteLossError
 from sweeper.tasks.training import (
@@ -44,11 +46,24 @@ from sweeper.tasks.training import (
     seed_everything,
 )
 from sweeper.tasks.detection.coco_eval import evaluate_coco, load_coco_gt
-from sweeper.tasks.detection.data import CocoDetection, make_loader, set_loader_epoch, to_original_coords
-from sweeper.tasks.detection.model import build_model, set_postprocess
+from sweeper.tasks.detection.confusion import confusion_from_coco, write_confusion
+from sweeper.tasks.detection.data import (
+    CocoDetection,
+    make_loader,
+    resolution_at,
+    set_loader_epoch,
+    to_original_coords,
+)
+from sweeper.tasks.detection.losses import size_bucket_weights
+from sweeper.tasks.detection.model import build_model, set_postprocess, set_resolution
 
-#: eval_grid keys that can be scored from one forward pass (filters on kept detections).
-GRID_KEYS = ("post.score_thresh", "post.max_dets")
+#: eval_grid keys that can be scored from one forward pass (filters on kept detections; NMS is
+#: re-applied at each post.nms_iou to the pass's un-suppressed candidates).
+GRID_KEYS = ("post.score_thresh", "post.max_dets", "post.nms_iou")
+#: detections per image kept by the forward pass when NMS is re-applied later (no NMS in the pass)
+NMS_GRID_CANDIDATES = 5000
+
+
 class DetectionTask:
     """One trial's detector, data and optimizer; see the module docstring for the contract."""
 
@@ -68,11 +83,18 @@ class DetectionTask:
         seed_everything(self.seed)
 
         res = int(train.get("resolution", 512))
+        self.epochs = int(train.get("epochs", 1))
+        self.resolution, self.schedule = res, train.get("resolution_schedule")
+        evalcfg = config.get("eval") or {}
+        self.eval_resolution = int(evalcfg.get("resolution") or res)
+        self.eval_cfg = evalcfg
+        self.loss_cfg = config.get("loss") or {}
+        self.artifacts_dir = config.get("artifacts_dir")  # where evaluate() writes its files (the trial dir)
         self.train_ds = CocoDetection(
             data["train"], data["images"], resolution=res, hflip=float(train.get("hflip", 0.5)),
-            train=True, max_images=train.get("max_train_images"),
+            train=True, max_images=train.get("max_train_images"), augment=config.get("augment"), seed=self.seed,
         )
-        self.val_ds = CocoDetection(data["val"], data["images"], resolution=res)
+        self.val_ds = CocoDetection(data["val"], data["images"], resolution=self.eval_resolution)
         self.train_ds.check_categories(self.val_ds)
         self.val_gt = load_coco_gt(data["val"])
         workers = int(train.get("workers", 0))
@@ -80,7 +102,8 @@ class DetectionTask:
         self.train_loader = make_loader(self.train_ds, batch_size=batch, shuffle=True, seed=self.seed, workers=workers)
         self.val_loader = make_loader(self.val_ds, batch_size=batch, shuffle=False, seed=self.seed, workers=workers)
 
-        self.model = build_model(config["model"], len(self.train_ds.categories) + 1, res, self.post)
+        self.model = build_model(config["model"], len(self.train_ds.categories) + 1, res, self.post,
+                                 loss_cfg=self.loss_cfg)
         self.model.to(self.device)
         if self.use_cuda:
             self.model.to(memory_format=torch.channels_last)
@@ -106,13 +129,17 @@ class DetectionTask:
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (1-based); see the module docstring for the returned metrics."""
         self.model.train()
+        res = resolution_at(epoch, self.epochs, self.resolution, self.schedule)
+        self.train_ds.set_resolution(res)
+        set_resolution(self.model, res)
+        self.train_ds.set_epoch(epoch, self.epochs)
         set_loader_epoch(self.train_loader, seed=self.seed, epoch=epoch)
         n_steps, n_images, total, lr = len(self.train_loader), 0, 0.0, 0.0
         terms: dict[str, float] = {}
         start = time.perf_counter()
         for step, (images, targets) in enumerate(self.train_loader, start=1):
             images = [im.to(self.device, non_blocking=True) for im in images]
-            targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+            targets = [self._target(t) for t in targets]
             lr = self.opt.lr
             self.opt.zero_grad()
             for part in micro_batches(len(images), self.micro_batches):  # gradient accumulation
@@ -150,18 +177,35 @@ class DetectionTask:
         metrics.update({f"train/loss_{k.removeprefix('loss_')}": v / steps for k, v in terms.items()})
         return metrics
 
+    def _target(self, t: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """What the detector trains on; `weights` (per box, by its size bucket) when the size
+        weights are not all 1."""
+        out = {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+        weights = self.loss_cfg.get("size_weights") or {}
+        if any(float(w) != 1.0 for w in weights.values()):
+            thresholds = self.loss_cfg.get("size_thresholds") or (32.0, 96.0)
+            out["weights"] = size_bucket_weights(t["sizes"], thresholds, weights).to(self.device)
+        return out
+
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def predict(self) -> list[dict[str, Any]]:
-        """One pass over the validation set at the loosest eval settings.
+        """One pass over the validation set (at ``eval.resolution``) at the loosest eval settings.
 
         Returns per image ``image_id`` and numpy ``boxes`` (xyxy, ORIGINAL coordinates),
-        ``scores`` (descending) and ``labels``.
+        ``scores`` (descending) and ``labels``. With ``post.nms_iou`` in the eval grid the pass
+        runs without NMS (IoU 1.0 suppresses nothing) and keeps ``model_boxes`` (the detector's own
+        coordinates) so :meth:`_coco_results` can apply NMS at each grid IoU exactly as the
+        detector's postprocessing would have: score filter, NMS per class, top ``max_dets``.
         """
         thresholds = [self.post["score_thresh"], *self.grid.get("post.score_thresh", [])]
         max_dets = [self.post["max_dets"], *self.grid.get("post.max_dets", [])]
+        nms_grid = "post.nms_iou" in self.grid
         self.model.eval()
-        set_postprocess(self.model, score_thresh=min(thresholds), max_dets=max(max_dets), nms_iou=self.post["nms_iou"])
+        set_resolution(self.model, self.eval_resolution)
+        set_postprocess(self.model, score_thresh=min(thresholds),
+                        max_dets=NMS_GRID_CANDIDATES if nms_grid else max(max_dets),
+                        nms_iou=1.0 if nms_grid else self.post["nms_iou"])
         out = []
         try:
             for images, targets in self.val_loader:
@@ -170,25 +214,40 @@ class DetectionTask:
                     preds = self.model(images)
                 for pred, tgt in zip(preds, targets):
                     order = torch.argsort(pred["scores"].float(), descending=True, stable=True)
-                    boxes = to_original_coords(pred["boxes"][order].float().cpu(), tgt["scale"], tgt["orig_size"])
-                    out.append({
+                    model_boxes = pred["boxes"][order].float().cpu()
+                    item = {
                         "image_id": tgt["image_id"],
-                        "boxes": boxes.numpy(),
+                        "boxes": to_original_coords(model_boxes, tgt["scale"], tgt["orig_size"]).numpy(),
                         "scores": pred["scores"][order].float().cpu().numpy(),
                         "labels": pred["labels"][order].cpu().numpy(),
-                    })
+                    }
+                    if nms_grid:
+                        item["model_boxes"] = model_boxes
+                    out.append(item)
         finally:
-            set_postprocess(self.model, score_thresh=self.post["score_thresh"], max_dets=self.post["max_dets"])
+            set_postprocess(self.model, score_thresh=self.post["score_thresh"], max_dets=self.post["max_dets"],
+                            nms_iou=self.post["nms_iou"])
         return out
 
-    def _coco_results(self, preds: list[dict[str, Any]], score_thresh: float, max_dets: int) -> list[dict[str, Any]]:
+    @staticmethod
+    def _kept(p: Mapping[str, Any], score_thresh: float, max_dets: int, nms_iou: float | None) -> np.ndarray:
+        """Indices of the detections a forward pass at these settings would have returned."""
         # Strictly greater, as torchvision's own score filter: a grid point then scores exactly
         # what a forward pass at that threshold would have kept.
+        keep = np.flatnonzero(p["scores"] > score_thresh)
+        if nms_iou is not None and "model_boxes" in p and len(keep):
+            idx = torch.as_tensor(keep)
+            kept = batched_nms(p["model_boxes"][idx], torch.as_tensor(p["scores"][keep]),
+                               torch.as_tensor(p["labels"][keep]), float(nms_iou))
+            keep = keep[kept.numpy()]  # batched_nms returns them by descending score
+        return keep[: int(max_dets)]
+
+    def _coco_results(self, preds: list[dict[str, Any]], score_thresh: float, max_dets: int,
+                      nms_iou: float | None = None) -> list[dict[str, Any]]:
         cat_ids = self.train_ds.label_to_cat_id
         results = []
         for p in preds:
-            keep = np.flatnonzero(p["scores"] > score_thresh)[: int(max_dets)]
-            for i in keep:
+            for i in self._kept(p, score_thresh, max_dets, nms_iou):
                 x1, y1, x2, y2 = (float(v) for v in p["boxes"][i])
                 results.append({
                     "image_id": p["image_id"],
@@ -201,18 +260,33 @@ class DetectionTask:
     def evaluate(self) -> dict[str, float]:
         """COCO metrics on the validation split; see the module docstring for the eval grid."""
         preds = self.predict()
-        cache: dict[tuple[float, int], dict[str, float]] = {}
+        cache: dict[tuple[float, int, float], dict[str, float]] = {}
+        area_ranges = self.eval_cfg.get("area_ranges") or None
+        backend = self.eval_cfg.get("backend", "faster_coco_eval")
 
-        def score(thresh: float, max_dets: int) -> dict[str, float]:
-            key = (float(thresh), int(max_dets))
+        def score(point: Mapping[str, Any]) -> dict[str, float]:
+            key = (float(point["post.score_thresh"]), int(point["post.max_dets"]), float(point["post.nms_iou"]))
             if key not in cache:
-                cache[key] = evaluate_coco(self.val_gt, self._coco_results(preds, *key))
+                cache[key] = evaluate_coco(self.val_gt, self._coco_results(preds, *key), area_ranges=area_ranges,
+                                           backend=backend)
             return cache[key]
 
         objective = self.objective.removeprefix("val/")
-        defaults = {"post.score_thresh": self.post["score_thresh"], "post.max_dets": self.post["max_dets"]}
-        return best_over_grid(self.grid, defaults, lambda p: score(p["post.score_thresh"], p["post.max_dets"]),
-                              objective)
+        defaults = {"post.score_thresh": self.post["score_thresh"], "post.max_dets": self.post["max_dets"],
+                    "post.nms_iou": self.post["nms_iou"]}
+        metrics = best_over_grid(self.grid, defaults, score, objective)
+        if self.artifacts_dir:
+            self._write_confusion(preds)
+        return metrics
+
+    def _write_confusion(self, preds: list[dict[str, Any]]) -> None:
+        """The confusion matrix (background included) at eval.confusion_iou / confusion_score,
+        with the `post` NMS and max_dets, written as JSON and PNG into the artifacts directory."""
+        iou = float(self.eval_cfg.get("confusion_iou", 0.5))
+        score_thresh = float(self.eval_cfg.get("confusion_score", 0.3))
+        results = self._coco_results(preds, -1.0, self.post["max_dets"], self.post["nms_iou"])
+        matrix, names = confusion_from_coco(self.val_gt, results, iou=iou, score=score_thresh)
+        write_confusion(matrix, names, Path(self.artifacts_dir), iou=iou, score=score_thresh)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
