@@ -33,6 +33,39 @@ def _threads_for_trial(sweep: Sweep) -> int:
     return max(1, int(sweep.spec.resources.cpu))
 
 
+class CheckpointError(ValueError):
+    """A trial checkpoint that cannot be resumed from: unreadable, or saved by another task/model."""
+
+
+def load_trial_state(path: Path, task_name: str, device: str) -> dict[str, Any]:
+    """Read a trial checkpoint (`weights_only`: a checkpoint is data, never code to run) and check
+    it was saved by this task; errors name the file and say what is wrong."""
+    import torch
+
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types on a damaged file
+        raise CheckpointError(f"{path}: cannot read the trial checkpoint (truncated, or not a sweeper checkpoint?): "
+                              f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    if not isinstance(saved, dict) or not {"task", "epoch"} <= set(saved):
+        raise CheckpointError(f"{path}: not a sweeper trial checkpoint (expected the keys task, epoch)")
+    if saved.get("task_name", task_name) != task_name:
+        raise CheckpointError(f"{path}: saved by task {saved['task_name']!r}, but this trial runs task "
+                              f"{task_name!r}; resume it with its own sweep file, or launch with --fresh")
+    return saved
+
+
+def restore_task(task: Any, saved: dict[str, Any]) -> None:
+    """Load a checkpoint into a built task; a model that does not fit (another arch or backbone
+    than the sweep file now says) is a CheckpointError, not a page of missing keys."""
+    try:
+        task.load_state_dict(saved["task"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"trial checkpoint {saved.get('source', STATE_FILE)} (epoch {saved.get('epoch')}) does "
+                              "not fit this trial's model or optimizer (was the sweep file's model changed? "
+                              f"launch with --fresh): {str(exc)[:400]}") from None
+
+
 def _better(a: float, b: float | None, mode: str) -> bool:
     if b is None or (isinstance(b, float) and math.isnan(b)):
         return True
@@ -72,8 +105,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            # weights_only: a checkpoint is data, never code to run
-            saved = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=True)
+            saved = load_trial_state(Path(ckpt_dir) / STATE_FILE, cfg["task"], device)
     oom_retries = int(saved.get("oom_retries", 0)) if saved else 0
     if saved:
         cfg["train"]["micro_batches"] = int(saved.get("micro_batches", cfg["train"].get("micro_batches", 1)))
@@ -83,7 +115,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         task = load_task(cfg["task"])(cfg, device=device)
         if saved is None:
             return task, 1, None
-        task.load_state_dict(saved["task"])
+        restore_task(task, saved)
         return task, int(saved["epoch"]) + 1, saved.get("best_objective")
 
     task, epoch, best = build()
@@ -128,7 +160,8 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
             epoch += 1
             continue
         last_saved = time.monotonic()
-        saved = {"task": task.state_dict(), "epoch": epoch, "best_objective": best, "oom_retries": oom_retries,
+        saved = {"task": task.state_dict(), "task_name": cfg["task"], "source": STATE_FILE, "epoch": epoch,
+                 "best_objective": best, "oom_retries": oom_retries,
                  "micro_batches": int(cfg["train"].get("micro_batches", 1))}
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(saved, os.path.join(tmp, STATE_FILE))
