@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per backend; the best counts")
     ap.add_argument("--quick", action="store_true", help="500 images, one run: a smoke test")
     ap.add_argument("--out", type=Path, default=RESULTS / "eval.json")
+    ap.add_argument("--no-loader", action="store_true",
+                    help="skip the second half: data-loader images/s with and without mosaic (mosaic_loader.py)")
     args = ap.parse_args()
     if args.quick:
         args.images, args.repeat = 500, 1
@@ -130,6 +132,11 @@ def main() -> None:
         "eval_versions": {name: version(name) for name in ("faster-coco-eval", "pycocotools", "numpy")},
         **environment(),
     }, args.out)
+    if not args.no_loader:  # the second figure: the loader with and without mosaic at 640 px
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, str(Path(__file__).with_name("mosaic_loader.py"))], check=True)
 
 
 if __name__ == "__main__":

@@ -239,7 +239,8 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
 
 @app.command()
 def resume(
-    run: str = typer.Argument(..., help="Experiment directory (runs/NAME) or sweep name under ./runs."),
+    run: str = typer.Argument(..., help="Experiment directory (runs/NAME), sweep name under ./runs, "
+                              "or the experiment URI (s3://bucket/prefix/NAME)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster ('auto' or host:port)."),
 ) -> None:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from
@@ -284,10 +285,11 @@ def validate(
 
 # --------------------------------------------------------------------------- leaderboard
 def _fmt(value: Any) -> str:
-    """Metrics with 4 decimals; params (strings in MLflow) that are floats with 4 significant digits."""
+    """Metrics with 4 decimals; params (strings in MLflow) that are floats with 4 significant digits
+    (Python writes exponents with a sign, so a trial id like `2361e036` stays as it is)."""
     if isinstance(value, float):
         return f"{value:.4f}"
-    if isinstance(value, str) and re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?|-?\d+(\.\d+)?e-?\d+", value):
+    if isinstance(value, str) and re.fullmatch(r"-?\d*\.\d{5,}(e[-+]\d+)?|-?\d+(\.\d+)?e[-+]\d+", value):
         return f"{float(value):.4g}"
     return "" if value is None else str(value)
 

@@ -126,8 +126,9 @@ class Sweep(BaseModel):
 
     @property
     def experiment_dir(self) -> str:
-        """Where Ray keeps this sweep's state: `storage/name`."""
-        return f"{self.spec.storage.rstrip('/')}/{self.spec.name}"
+        """Where Ray keeps this sweep's state: `storage/name` (a URI's `?query` stays at the end)."""
+        base, sep, query = self.spec.storage.partition("?")
+        return f"{base.rstrip('/')}/{self.spec.name}{sep}{query}"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -46,6 +46,7 @@ class PersistentASHA(ASHAScheduler):
         if not self.state_path:
             return
         tmp = f"{self.state_path}.tmp"
+        Path(tmp).parent.mkdir(parents=True, exist_ok=True)
         Path(tmp).write_text(json.dumps(self.rung_state()))
         os.replace(tmp, self.state_path)
 
