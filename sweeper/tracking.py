@@ -230,8 +230,30 @@ class MLflowTrialLogger(Callback):
 
     def _attach_log(self, trial, run_id: str) -> None:  # noqa: ANN001
         """A command trial's output log and a task's evaluation files (`artifacts/`: the
-        confusion matrix), as Ray persisted them beside the trial (local storage)."""
-        path = Path(trial.path)
+        confusion matrix), as Ray persisted them beside the trial: in a local `storage` read in
+        place, in object storage (s3://...) copied down through Ray's own filesystem first."""
+        storage = getattr(trial, "storage", None)
+        fs = getattr(storage, "storage_filesystem", None)
+        if fs is None or fs.type_name == "local":
+            self._attach_from(Path(trial.path), run_id)
+            return
+        import tempfile
+
+        import pyarrow.fs as pafs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in (COMMAND_LOG, TASK_ARTIFACTS):
+                src = f"{trial.path}/{name}"
+                kind = fs.get_file_info(src).type
+                if kind == pafs.FileType.NotFound:
+                    continue
+                dst = Path(tmp) / name
+                if kind == pafs.FileType.Directory:
+                    dst.mkdir()
+                pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            self._attach_from(Path(tmp), run_id)
+
+    def _attach_from(self, path: Path, run_id: str) -> None:
         log = path / COMMAND_LOG
         if self.sweep.spec.command is not None and log.is_file():
             self.c.log_artifact(run_id, str(log))

@@ -251,3 +251,42 @@ def test_sweep_logs_to_an_mlflow_tracking_server(tmp_path: Path) -> None:
         print(f"\nmlflow server: /health after {up_s:.1f} s; 3-trial sweep logged over HTTP in {sweep_s:.1f} s")
     finally:
         _kill_session(server)
+
+
+COMMAND_SWEEP = """
+name: cmd-on-s3
+task: command
+command:
+  run: "{{python}} {script} --epochs 2 --sleep 0.2 {{overrides}}"
+  overrides: argparse
+search: {{lr: {{loguniform: [1.0e-3, 0.5]}}}}
+objective: {{metric: val/loss, mode: min}}
+search_alg: {{name: random, seed: 0}}
+scheduler: {{name: fifo}}
+budget: {{num_samples: 2, max_concurrent: 2}}
+checkpoint: {{min_interval_s: 0}}
+storage: "{storage}"
+"""
+
+
+def test_command_sweep_on_s3_keeps_its_logs_and_checkpoints_there(tmp_path: Path, s3: tuple[str, dict[str, str]]) -> None:
+    """The command task on object storage, as on a cluster: the script's log and checkpoint
+    directory are persisted in the bucket, and each trial's log is attached to its MLflow run."""
+    endpoint, env = s3
+    script = Path(__file__).resolve().parents[1] / "command_scripts" / "train_argparse.py"
+    storage = f"s3://{BUCKET}/cmd?endpoint_override={endpoint}&scheme=http"
+    (tmp_path / "cmd.yaml").write_text(textwrap.dedent(COMMAND_SWEEP.format(script=script, storage=storage)))
+    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "cmd.yaml"], cwd=tmp_path,
+                          env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    keys = [o["Key"] for o in _s3_client(endpoint).list_objects_v2(Bucket=BUCKET, Prefix="cmd/")["Contents"]]
+    assert sum(k.endswith("/command.log") for k in keys) == 2, keys
+    assert any("/checkpoint_" in k for k in keys), keys
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("cmd-on-s3").experiment_id], "tags.`sweeper.kind` = 'trial'")
+    assert len(runs) == 2
+    for r in runs:
+        assert r.data.tags["sweeper.status"] == "finished"
+        assert [a.path for a in c.list_artifacts(r.info.run_id) if a.path == "command.log"] == ["command.log"]
