@@ -14,8 +14,8 @@ Rules worth knowing:
 - `--set KEY=VALUE` parses VALUE as YAML. KEY is a top-level dotted key (`budget.num_samples`)
   or, as everywhere else, a key into `base` (`train.epochs`); `--set` on a searched key fixes it.
 - Whatever the text, only SweepConfigError comes out (tests/test_fuzz_config.py fuzzes it): a
-  mistake in an include fragment names the fragment; sizes are bounded (MAX_DEPTH, MAX_NODES,
-  MAX_SEEDS, MAX_ABLATION_TRIALS) so a typo cannot exhaust memory before anything starts.
+  mistake in an include fragment names the fragment; sizes are bounded (sweep_yaml.MAX_DEPTH,
+  MAX_NODES; MAX_SEEDS, MAX_ABLATION_TRIALS here) so a typo cannot exhaust memory before anything starts.
 
 This module imports no torch, Ray or MLflow so that `--help`, `validate` and `--dry-run` are fast.
 """
@@ -26,11 +26,9 @@ import difflib
 import math
 import os
 import re
-import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sweeper.schema import (
@@ -57,6 +55,7 @@ from sweeper.spaces import (
     grid_values,
     parse_search,
 )
+from sweeper.sweep_yaml import BadYaml, parse_yaml, short_repr, user_loc
 
 
 class SweepConfigError(ValueError):
@@ -137,72 +136,8 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-#: the deepest nesting and the most values a sweep file, fragment or --set value may hold: far
-#: beyond any real sweep, and a bound on the work of walking and copying it (a few lines of YAML
-#: aliases can stand for billions of values)
-MAX_DEPTH, MAX_NODES = 32, 100_000
 #: ablation bounds: `seeds: N` builds N seeds and every variant runs with each; more than this is a typo
 MAX_SEEDS, MAX_ABLATION_TRIALS = 1000, 100_000
-
-
-def _members(ann: Any) -> tuple[Any, ...]:
-    """The members of a union annotation other than None (`X | None` -> (X,)); () if not a union."""
-    if get_origin(ann) in (Union, types.UnionType):
-        return tuple(a for a in get_args(ann) if a is not type(None))
-    return ()
-
-
-def _child(ann: Any, part: Any) -> Any:
-    """The annotation one loc part below `ann` (a model's field, a list item, a dict value)."""
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        field = ann.model_fields.get(str(part))
-        return field.annotation if field else Any
-    origin, args = get_origin(ann), get_args(ann)
-    if origin in (list, set, frozenset) and args:
-        return args[0]
-    if origin is tuple and args:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return args[0]
-        return args[part] if isinstance(part, int) and 0 <= part < len(args) else Any
-    if origin is dict and len(args) == 2:
-        return args[1]
-    return Any
-
-
-def _user_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
-    """A pydantic error `loc` as the user's path, and the model whose key the last part is.
-
-    pydantic puts two kinds of parts in a loc that are no keys of the user's: the tag of the union
-    member it tried (`objective: Objective | list[Objective]` -> ('objective', 'list[Objective]', 0,
-    'metric')) and '[key]' after a dict key that failed. They are recognised by walking the schema
-    along the loc (a tag stands exactly where the annotation is a union), never by their spelling:
-    a user's key may look like a tag ('Budget')."""
-    path: list[str] = []
-    owner: type[BaseModel] | None = None
-    ann: Any = model
-    after_dict_key = False
-    for part in loc:
-        members = _members(ann)
-        if len(members) > 1:  # this part is pydantic's tag of the union member it tried
-            tag = str(part).split("[", 1)[0]
-            ann = next((m for m in members if getattr(get_origin(m) or m, "__name__", None) == tag), Any)
-            continue
-        if members:  # X | None
-            ann = members[0]
-        if after_dict_key and part == "[key]":
-            after_dict_key = False
-            continue
-        is_model = isinstance(ann, type) and issubclass(ann, BaseModel)
-        owner = ann if is_model else None
-        after_dict_key = get_origin(ann) is dict
-        path.append(str(part))
-        ann = _child(ann, part)
-    return path, owner
-
-
-def _short_repr(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _raise_validation(file: Path, exc: ValidationError, model: type[BaseModel], prefix: str = "") -> None:
@@ -211,7 +146,7 @@ def _raise_validation(file: Path, exc: ValidationError, model: type[BaseModel], 
     # shape the user did not write ("should be a valid list") is noise
     shape = {"model_type", "list_type", "dict_type"}
     err = next((e for e in errors if e["type"] not in shape), errors[0])
-    loc, owner = _user_loc(model, tuple(err["loc"]))
+    loc, owner = user_loc(model, tuple(err["loc"]))
     field = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or None)
     if err["type"] == "extra_forbidden" and loc:
         options = list(owner.model_fields) if owner else []
@@ -219,46 +154,8 @@ def _raise_validation(file: Path, exc: ValidationError, model: type[BaseModel], 
     elif err["type"] == "missing":
         msg = "is required"
     else:
-        msg = f"{err['msg']} (got {_short_repr(err.get('input'))})"
+        msg = f"{err['msg']} (got {short_repr(err.get('input'))})"
     raise SweepConfigError(file, field, msg) from None
-
-
-class _BadYaml(Exception):
-    """Why a text is not a usable YAML document (the caller adds the file or the --set key)."""
-
-
-def _parse_yaml(text: str) -> Any:
-    """`yaml.safe_load`, every failure a `_BadYaml`. PyYAML raises more than YAMLError on bad
-    input: ValueError for an impossible date (`2024-02-30`), IndexError/ValueError/KeyError for a
-    core tag with a bad value (`!!float`, `!!int x`), RecursionError for deep nesting."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise _BadYaml(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-    except RecursionError:
-        raise _BadYaml(f"not valid YAML: nested more than Python can read (keep it under {MAX_DEPTH} levels)") from None
-    except Exception as exc:  # noqa: BLE001 - any other exception out of PyYAML is about the text too
-        raise _BadYaml(f"not valid YAML: cannot read a value ({type(exc).__name__}: {exc}); quote values "
-                       "meant as text, e.g. '2024-02-30' (unquoted, YAML reads a date) or '!!float'") from None
-    _check_size(doc)
-    return doc
-
-
-def _check_size(doc: Any) -> None:
-    """Bound the depth and the number of values (aliases counted every time they are used), so
-    nothing later (pydantic, deep copies, flatten) recurses or loops without end on a small file."""
-    stack, nodes = [(doc, 1)], 0
-    while stack:
-        node, depth = stack.pop()
-        nodes += 1
-        if depth > MAX_DEPTH:
-            raise _BadYaml(f"nested more than {MAX_DEPTH} levels deep")
-        if nodes > MAX_NODES:
-            raise _BadYaml(f"holds more than {MAX_NODES} values (YAML aliases repeated?)")
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, depth + 1) for child in children)
 
 
 def _read_yaml(path: Path, field: str | None = None, where: Path | None = None) -> dict[str, Any]:
@@ -270,8 +167,8 @@ def _read_yaml(path: Path, field: str | None = None, where: Path | None = None) 
     except (OSError, UnicodeDecodeError) as exc:
         raise SweepConfigError(path, None, f"cannot read it as UTF-8 text: {exc}") from None
     try:
-        doc = _parse_yaml(text)
-    except _BadYaml as exc:
+        doc = parse_yaml(text)
+    except BadYaml as exc:
         raise SweepConfigError(path, None, str(exc)) from None
     if not isinstance(doc, dict):
         raise SweepConfigError(path, None, "must be a YAML mapping of keys to values")
@@ -282,7 +179,7 @@ def _check_include(file: Path, include: Any) -> list[str]:
     if include is None:
         return []
     if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
-        raise SweepConfigError(file, "include", f"must be a list of fragment files, got {_short_repr(include)}")
+        raise SweepConfigError(file, "include", f"must be a list of fragment files, got {short_repr(include)}")
     return include
 
 
@@ -374,8 +271,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not re.fullmatch(r"[A-Za-z_][\w/]*(\.[\w/]+)*", key):
         raise SweepConfigError(None, "--set", f"expected KEY=VALUE with a dotted KEY, got {text!r}")
     try:
-        parsed = _parse_yaml(value) if value.strip() else None
-    except _BadYaml as exc:
+        parsed = parse_yaml(value) if value.strip() else None
+    except BadYaml as exc:
         raise SweepConfigError(None, f"--set {key}", f"value is {exc}") from None
     if isinstance(parsed, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", parsed.strip()):
         parsed = float(parsed)  # YAML 1.1 reads 1e-3 as a string; everyone means a number
@@ -390,7 +287,7 @@ def _put(file: Path, key: str, tree: dict[str, Any], parts: list[str], value: An
             tree[part] = {}
         if not isinstance(tree[part], dict):
             above = ".".join(parts[:i + 1])
-            raise SweepConfigError(file, f"--set {key}", f"{above} is {_short_repr(tree[part])}, not a mapping, "
+            raise SweepConfigError(file, f"--set {key}", f"{above} is {short_repr(tree[part])}, not a mapping, "
                                    f"so it has no key {parts[i + 1]!r}")
         tree = tree[part]
     tree[parts[-1]] = value
@@ -429,7 +326,7 @@ def _resolve_path(value: str, cwd: Path, file: Path, field: str) -> str:
     try:
         return str((cwd / Path(value).expanduser()).resolve())
     except (ValueError, RuntimeError, OSError) as exc:
-        raise SweepConfigError(file, field, f"{_short_repr(value)} is not a usable path: {exc}") from None
+        raise SweepConfigError(file, field, f"{short_repr(value)} is not a usable path: {exc}") from None
 
 
 def _fragment_path(includer: Path, inc: str) -> Path:
@@ -437,7 +334,7 @@ def _fragment_path(includer: Path, inc: str) -> Path:
     try:
         return (includer.parent / inc).resolve()
     except (ValueError, RuntimeError, OSError) as exc:
-        raise SweepConfigError(includer, "include", f"{_short_repr(inc)} is not a usable path: {exc}") from None
+        raise SweepConfigError(includer, "include", f"{short_repr(inc)} is not a usable path: {exc}") from None
 
 
 def resolve_tracking_uri(uri: str, cwd: Path) -> str:
@@ -464,7 +361,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     task = doc.get("task")
     if not isinstance(task, str) or task not in TASK_BASES:
         raise SweepConfigError(file, "--set task" if task_sets else "task",
-                               f"unknown task {_short_repr(task)}{_suggest(str(task), list(TASK_BASES))}; "
+                               f"unknown task {short_repr(task)}{_suggest(str(task), list(TASK_BASES))}; "
                                f"known tasks: {', '.join(TASK_BASES)}")
     base_model = TASK_BASES[task]
     base_defaults = base_model().model_dump()
@@ -478,7 +375,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     raw_base = doc.get("base") or {}
     if not isinstance(raw_base, dict):
         raise SweepConfigError(file, "base", f"must be a mapping of the task's settings, e.g. "
-                               f"{{train: {{epochs: 4}}}}; got {_short_repr(raw_base)}")
+                               f"{{train: {{epochs: 4}}}}; got {short_repr(raw_base)}")
     search: dict[str, Any] = {}
     origins: dict[str, Path] = {}  # searched key -> the fragment that set it
     for inc in includes:
@@ -540,7 +437,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     try:
         update["tracking"] = Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd))
     except (ValueError, RuntimeError, OSError) as exc:
-        raise SweepConfigError(file, "tracking.uri", f"{_short_repr(spec.tracking.uri)} is not usable: {exc}") from None
+        raise SweepConfigError(file, "tracking.uri", f"{short_repr(spec.tracking.uri)} is not usable: {exc}") from None
     if spec.command is not None:
         update["command"] = _resolve_command(file, spec.command, cwd, check_data)
     if spec.data is not None:
@@ -588,7 +485,7 @@ def _resolve_command(file: Path, command: CommandConfig, cwd: Path, check: bool)
         elif path:
             metrics = f"{kind}:{Path(path).expanduser()}" if not path.startswith("{") else metrics
     except RuntimeError as exc:  # ~user of no such user
-        raise SweepConfigError(file, "command.metrics", f"{_short_repr(path)} is not a usable path: {exc}") from None
+        raise SweepConfigError(file, "command.metrics", f"{short_repr(path)} is not a usable path: {exc}") from None
     return command.model_copy(update={"workdir": str(workdir), "metrics": metrics})
 
 

@@ -31,8 +31,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sweeper.config import MAX_ABLATION_TRIALS, MAX_DEPTH, MAX_NODES, MAX_SEEDS, SweepConfigError, load_sweep, \
-    parse_override
+from sweeper.config import MAX_ABLATION_TRIALS, MAX_SEEDS, SweepConfigError, load_sweep, parse_override
+from sweeper.sweep_yaml import MAX_DEPTH, MAX_NODES
 
 FUZZ = settings(max_examples=int(os.environ.get("SWEEPER_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
