@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/sweeper launch sweeps/demo.yaml --fresh
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

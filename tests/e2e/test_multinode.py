@@ -292,17 +292,24 @@ def test_killed_raylet_trials_resume_from_their_checkpoints_on_the_surviving_nod
     assert set(results) == set(logged)
     retried = {}
     for trial, rows in results.items():
-        assert rows[-1]["epoch"] == epochs and [r["epoch"] for r in rows] == sorted({r["epoch"] for r in rows})
+        # Ray's log holds each epoch once, but for the one in flight when the node died: its
+        # checkpoint may be on disk without Ray having registered it, so it is trained again
+        # (MLflow still logs it once, checked above)
+        seen = [r["epoch"] for r in rows]
+        assert rows[-1]["epoch"] == epochs and sorted(set(seen)) == list(range(1, epochs + 1)), rows
+        assert len(seen) - len(set(seen)) <= 1 and seen == sorted(seen), rows
         if rows[0]["node_ip"] != NODE_B_IP:
             continue
         before = max((e for e, ts in logged[trial].items() if ts < t_kill), default=0)
         after = [r for r in rows if r["node_ip"] != NODE_B_IP]
         if before < epochs:
             # resumed on the head from its last checkpoint (every epoch checkpoints), not from epoch 1
-            assert after and after[0]["epoch"] == before + 1 > 1 and after[0]["iterations_since_restore"] == 1, rows
+            # (or, for the report in flight at the kill, from the checkpoint before it)
+            assert after and after[0]["epoch"] in (before, before + 1) and after[0]["epoch"] > 1, rows
+            assert after[0]["iterations_since_restore"] == 1, rows
             error = (exp_dir / trial / "error.txt").read_text().strip().splitlines()
             retried[trial] = (before, after[0], error[-1] if error else "")
-    assert on_b in retried and retried[on_b][0] >= saved_at_kill, (on_b, saved_at_kill, retried, results)
+    assert on_b in retried and retried[on_b][0] >= saved_at_kill - 1, (on_b, saved_at_kill, retried, results)
 
     def at(ts: float) -> str:
         return f"+{ts - t0:.1f} s"
