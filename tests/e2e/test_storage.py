@@ -184,12 +184,19 @@ def test_s3_storage_holds_state_and_checkpoints_and_resume_continues_from_it(
         rows = [json.loads(line) for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
                 if line.strip()]
         trial = rows[0]["trial_id"]
-        assert [row["epoch"] for row in rows] == [1, 2, 3], (key, rows)
+        # every epoch, in order; the one in flight at the interruption may appear twice (its
+        # checkpoint reached the bucket but not Ray's experiment state: trained again on resume,
+        # logged to MLflow once, checked above)
+        seen = [row["epoch"] for row in rows]
+        assert sorted(set(seen)) == [1, 2, 3] and seen == sorted(seen) and len(seen) - len(set(seen)) <= 1, (key, rows)
         restarts = [row["epoch"] for row in rows[1:] if row["iterations_since_restore"] == 1]
         if restarts:
             continued[trial] = restarts[0]
         if trial in finished_before:
-            assert not restarts  # finished before the interruption: not rerun
+            # finished before the interruption: not rerun, except that a final report racing the
+            # Ctrl-C can reach MLflow before Ray's experiment snapshot: then only that last epoch
+            # is trained again (and not logged twice)
+            assert restarts in ([], [3]), (trial, rows)
     assert continued and all(epoch > 1 for epoch in continued.values()), continued
     print(f"\ns3 storage: interrupted after {t_int - t0:.1f} s with {len(finished_before)} trial(s) finished; "
           f"resume took {time.time() - t1:.1f} s; continued from a checkpoint: "
