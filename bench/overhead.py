@@ -95,6 +95,11 @@ def main() -> None:
     sweep_file = work / "bench.yaml"
     sweep_file.write_text(SWEEP.format(epochs=args.epochs, size=args.size, lrs=lrs, conc=args.concurrent, cpu=cpu))
 
+    # as on any machine that has launched a sweep before: timm's model names are cached, so the
+    # driver checks backbones without importing torch (sweeper/tasks/backbones.py)
+    from sweeper.tasks.backbones import check_backbone
+
+    check_backbone("resnet18")
     startup = ray_startup_s(env)
     print(f"ray.init() cold start: {startup:.1f} s")
 

@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +26,7 @@ from typing import Any, Callable
 from sweeper.config import Sweep
 
 STATE_FILE = "sweeper.json"
+TENSORBOARD_ENV = "SWEEPER_TENSORBOARD"  # "1": Tune also writes TensorBoard event files per trial
 ASHA_STATE = "asha_rungs.json"  # ASHA's rung records, so a resumed sweep keeps judging trials alike
 
 
@@ -206,20 +209,22 @@ def check_storage(sweep: Sweep) -> None:
         raise SweepConfigError(sweep.file, "storage", problem)
 
 
-def _init_ray(address: str | None, sweep: Sweep) -> None:
+def _init_ray(address: str | None, sweep: Sweep) -> bool:
+    """Connect to Ray (or start a local one); True if this call did, so launch disconnects after."""
     import optuna
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trial table says it all
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address, log_to_driver=True)
-        return
+        return True
     # A local Ray sized to this machine; the dashboard is not needed to run a sweep.
     # address="local": always a fresh local instance, never a stale cluster left in ray_current_cluster
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}})
+    return True
 
 
 def max_concurrent(sweep: Sweep) -> int:
@@ -277,6 +282,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     unless they pass.
     """
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
     from sweeper import tracking
@@ -300,7 +306,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     with ThreadPoolExecutor(2) as pool:
         checked = pool.submit(preflight or (lambda: None))
         store_ready = pool.submit(tracking.get_or_create_experiment, spec.tracking.uri, sweep.name)
-        _init_ray(address, sweep)
+        started_ray = _init_ray(address, sweep)
         checked.result()  # a bad sweep raises here, before any trial exists
         store_ready.result()
     check_resources(sweep)
@@ -358,7 +364,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             ),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage, verbose=verbose,
-                callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id),
+                callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id), CSVLoggerCallback(), JsonLoggerCallback(),
                            *([failure_budget] if failure_budget else [])],
                 stop=failure_budget,
                 # keep >= 3: a hard kill can otherwise leave state pointing at a pruned checkpoint
@@ -376,8 +382,34 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     if local is None:  # the driver's copy: `sweeper resume NAME` from the launch directory
         _write_state(str(driver_dir(sweep)), state)
 
-    tuner.fit()  # Ctrl-C makes it return early; _summarize tells
+    try:
+        with _tensorboard_files(os.environ.get(TENSORBOARD_ENV) == "1"):
+            tuner.fit()  # Ctrl-C makes it return early; _summarize tells
+    finally:
+        if started_ray:  # a local Ray stops here, not at interpreter exit (~1 s faster)
+            import ray
+
+            ray.shutdown()
     return _summarize(sweep, exp_dir, parent_run_id, resumed, time.time() - t0)
+
+
+@contextmanager
+def _tensorboard_files(wanted: bool) -> Iterator[None]:
+    """Tune writes each trial's results three ways: result.json and progress.csv (kept: scripts
+    and `sweeper` read them) and TensorBoard event files. MLflow is the record here, and the
+    TensorBoard writer costs the driver ~2 s of imports before the first trial plus a writer
+    thread, so it is off unless SWEEPER_TENSORBOARD=1. Tune reads its switch when `fit` starts."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(key)
+    if not wanted:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _summarize(sweep: Sweep, exp_dir: str, parent_run_id: str, resumed: bool, wall_s: float) -> Outcome:

@@ -30,7 +30,7 @@ def shared_fixtures() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_ray_and_hub() -> Iterator[None]:
-    """Keep Ray's files and auth token in a temp dir and never reach for a model hub.
+    """Keep Ray's files, its auth token and sweeper's cache in a temp dir; never reach for a model hub.
 
     RAY_TMPDIR must stay short: Ray puts unix sockets under it (107-character limit).
     """
@@ -45,6 +45,7 @@ def _isolated_ray_and_hub() -> Iterator[None]:
     token.chmod(0o600)
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["SWEEPER_CACHE_DIR"] = str(Path(ray_tmp) / "cache")  # timm's model names: not in the user's home
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     yield
     import shutil

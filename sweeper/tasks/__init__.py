@@ -59,7 +59,7 @@ def check_sweep(sweep: Any) -> None:
     from sweeper.config import SweepConfigError
 
     if sweep.spec.task in ("detection", "dbnet"):
-        from sweeper.tasks.detection.model import check_backbone
+        from sweeper.tasks.backbones import check_backbone  # torch-free once cached
 
         names = {("base.model.backbone", sweep.base["model"]["backbone"])}
         for dim in sweep.dimensions:

@@ -59,6 +59,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
+from sweeper.tasks.backbones import check_backbone
 from sweeper.tasks.detection.losses import (WeightedFCOSHead, WeightedRetinaNetHead, WeightedRoIHeads,
                                             WeightedRPN, fcos_norm_groups, set_size_weight_cls)
 
@@ -66,19 +67,6 @@ from sweeper.tasks.detection.losses import (WeightedFCOSHead, WeightedRetinaNetH
 ASPECT_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
 #: RPN proposals kept per image at test time: torchvision's 1000 makes CPU eval ~3x slower.
 RPN_POST_NMS_TOP_N_TEST = 300
-
-
-def check_backbone(name: str) -> None:
-    """Raise ValueError naming the closest timm models if ``name`` is not a timm model.
-
-    Checked when a trial config is loaded so a typo fails in a second, not after Ray starts.
-    Pretrained tags (``resnet18.a1_in1k``) are accepted as timm accepts them.
-    """
-    if isinstance(name, str) and timm.is_model(name):
-        return
-    close = difflib.get_close_matches(str(name), timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean: {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise ValueError(f"model.backbone: unknown timm model {name!r}{hint}")
 
 
 class PathAggregationFPN(nn.Module):
