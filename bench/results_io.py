@@ -55,8 +55,9 @@ def bench_env() -> dict[str, str]:
             "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
 
 
-def _peak_rss_mb(pid: int) -> float | None:
-    """The process's high-water RSS (VmHWM), MB; None once it is gone."""
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's high-water RSS (VmHWM), MB; None once it is gone (Linux /proc only).
+    Also read by tests/e2e/test_load.py."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -78,7 +79,7 @@ def run_child(argv: list[str], cwd: Path, env: dict[str, str] | None = None, pol
     reader.start()
     peak = 0.0
     while proc.poll() is None:
-        peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+        peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
         time.sleep(poll_s)
     wall = time.perf_counter() - t0
     reader.join(timeout=30)

@@ -386,6 +386,10 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         with _tensorboard_files(os.environ.get(TENSORBOARD_ENV) == "1"):
             tuner.fit()  # Ctrl-C makes it return early; _summarize tells
     finally:
+        failed_writes = tracking.flush_all()  # MLflow is written on a background thread: let it finish
+        if failed_writes:
+            print(f"warning: {len(failed_writes)} MLflow writes failed (listed above); the trials' results are "
+                  f"also in {exp_dir} (result.json per trial)")
         if started_ray:  # a local Ray stops here, not at interpreter exit (~1 s faster)
             import ray
 

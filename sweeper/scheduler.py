@@ -43,8 +43,14 @@ class PersistentASHA(ASHAScheduler):
         self._num_stopped = state.get("num_stopped", 0)
 
     def _save(self) -> None:
+        """Write the rungs if they changed: most results pass no milestone, and rewriting the
+        whole record on each would cost the driver O(trials) per result."""
         if not self.state_path:
             return
+        size = (self._num_stopped, sum(len(recorded) for b in self._brackets for _, recorded in b._rungs))
+        if size == getattr(self, "_saved_size", None):
+            return  # rung records only grow: the same counts mean the same records
+        self._saved_size = size
         tmp = f"{self.state_path}.tmp"
         Path(tmp).parent.mkdir(parents=True, exist_ok=True)
         Path(tmp).write_text(json.dumps(self.rung_state()))

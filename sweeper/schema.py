@@ -8,7 +8,7 @@ is checked before anything heavy starts. No torch, Ray or MLflow here.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,7 +48,9 @@ class DetectionTrain(Strict):
         "that resolution (e.g. [[0, 1024], [0.8, 2048]]); before the first entry, `resolution`")
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     seed: int = Field(0, description="seeds python, numpy, torch and the data order")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; auto: 0 on CPU (the trial's cores train), "
+        "min(4, trial CPUs - 1) on a GPU (the cores feed it)")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     amp: bool = Field(True, description="mixed precision + channels_last, on CUDA only")
     max_train_images: int | None = Field(None, ge=1, description="use only the first N training images")

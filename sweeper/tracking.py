@@ -1,10 +1,11 @@
 """MLflow: one experiment per sweep, a parent run per launch, one child run per trial.
 
 Everything is logged from the Ray driver by a Tune callback, so trials never need access to the
-tracking store. The callback is pickled into Tune's experiment state and comes back on restore,
-so it keeps only plain data (URI, ids, trial -> run map) and finds runs by their
-`sweeper.trial_id` tag: a resumed or relaunched sweep continues each trial's run in place
-instead of creating a duplicate.
+tracking store; the callback writes on a background thread, in order, so Tune's loop does not
+wait for the store (`flush_all` waits for it). The callback is pickled into Tune's experiment
+state and comes back on restore, so it keeps only plain data (URI, ids) and, once restored,
+finds each trial's run by its `sweeper.trial_id` tag: a resumed or relaunched sweep continues
+each trial's run in place instead of creating a duplicate.
 
 Tags (all under `sweeper.`): kind (sweep|trial), trial_id, status (running|finished|stopped|
 failed), stopped_at_epoch, error, objective, mode, searched (JSON list), config_hash.
@@ -14,7 +15,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import threading
 import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +121,28 @@ def finish_sweep_run(uri: str, run_id: str, best: dict[str, Any] | None, status:
     c.set_terminated(run_id, status)
 
 
+#: loggers with writes in flight, so the runner can wait for all of them (Tune restores its own copy)
+_LIVE: "weakref.WeakSet[MLflowTrialLogger]" = weakref.WeakSet()
+
+
+def flush_all() -> list[str]:
+    """Wait until every trial logger of this process has written what it was given; returns
+    the writes that failed (also printed when they failed)."""
+    errors: list[str] = []
+    for logger in list(_LIVE):
+        errors += logger.flush()
+    return errors
+
+
 class MLflowTrialLogger(Callback):
-    """Tune callback: a child run per trial with params, per-epoch metrics and final status."""
+    """Tune callback: a child run per trial with params, per-epoch metrics and final status.
+
+    Writes go to MLflow on one background thread, in the order Tune reported them: a sqlite
+    commit or a tracking-server round trip costs milliseconds per call, a handful of calls per
+    trial, and Tune's single driver loop would otherwise wait for each before it dispatches the
+    next trial or result. A write that fails is printed (and returned by `flush`) without
+    stopping the sweep: the trial's results are still in its Ray directory (result.json).
+    """
 
     def __init__(self, sweep: Sweep, parent_run_id: str) -> None:
         self.sweep = sweep
@@ -126,11 +152,54 @@ class MLflowTrialLogger(Callback):
         self.runs: dict[str, str] = {}       # trial_id -> run_id
         self.last_epoch: dict[str, int] = {}  # run_id -> last epoch logged
         self._client = None
+        # built by this launch, not restored by Tune: no trial can have a run yet, so new trials
+        # skip the search by tag (a query per trial, which grows with the store)
+        self._fresh = True
+        self._init_writer()
+
+    def _init_writer(self) -> None:
+        self._lock = threading.Lock()  # held by each write, and while Tune pickles this object
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._errors: list[str] = []
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        with self._lock:  # not halfway through a write: the maps are consistent
+            state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()
+                     if k not in ("_lock", "_pool", "_pending", "_errors")}
         state["_client"] = None
+        state["_fresh"] = False  # what Tune restores may meet trials whose runs exist
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # MLflow, not the snapshot, says what each run holds: writes still queued when Tune took
+        # the snapshot landed after it, so every trial is looked up again (by tag) on first sight
+        self.runs, self.last_epoch = {}, {}
+        self._init_writer()
+
+    def _submit(self, what: str, job: Callable[[], None]) -> None:
+        """Run `job` on the writer thread after every job submitted before it."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweeper-mlflow")
+            _LIVE.add(self)
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._pool.submit(self._run_job, what, job))
+
+    def _run_job(self, what: str, job: Callable[[], None]) -> None:
+        with self._lock:
+            try:
+                job()
+            except Exception as exc:  # noqa: BLE001 - a tracking failure must not end the sweep
+                message = f"MLflow ({self.uri}): {what} failed: {type(exc).__name__}: {str(exc)[:500]}"
+                self._errors.append(message)
+                print(f"sweeper: {message}", file=sys.stderr, flush=True)
+
+    def flush(self) -> list[str]:
+        """Wait for every write submitted so far; returns the writes that failed so far."""
+        wait(list(self._pending))
+        self._pending = []
+        return list(self._errors)
 
     @property
     def c(self):  # noqa: ANN201
@@ -150,7 +219,7 @@ class MLflowTrialLogger(Callback):
         """The trial's run: cached, else found by tag (after a restore), else created."""
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
-        run_id = self._find_run(trial.trial_id)
+        run_id = None if self._fresh else self._find_run(trial.trial_id)
         if run_id is None:
             run_id = self._create_run(trial)
         else:
@@ -183,10 +252,14 @@ class MLflowTrialLogger(Callback):
         return run.info.run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        self.run_id(trial)
+        self._submit(f"starting the run of trial {trial.trial_id}", lambda: self.run_id(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
-        from mlflow.entities import Metric
+        result = dict(result)
+        self._submit(f"logging a result of trial {trial.trial_id}", lambda: self._log_result(trial, result))
+
+    def _log_result(self, trial, result: dict[str, Any]) -> None:  # noqa: ANN001
+        from mlflow.entities import Metric, RunTag
 
         run_id = self.run_id(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
@@ -199,27 +272,36 @@ class MLflowTrialLogger(Callback):
             if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
             and v is not None and not math.isnan(float(v))
         ]
-        for i in range(0, len(metrics), 1000):
-            self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
-        self.last_epoch[run_id] = epoch
+        tags = []
         if result.get("oom_retries"):  # the OOM fallback changed how the trial trains: say so
-            self.c.set_tag(run_id, "sweeper.oom_retries", str(result["oom_retries"]))
-            self.c.set_tag(run_id, "sweeper.micro_batches", str(result.get("train/micro_batches")))
+            tags = [RunTag("sweeper.oom_retries", str(result["oom_retries"])),
+                    RunTag("sweeper.micro_batches", str(result.get("train/micro_batches")))]
+        for i in range(0, len(metrics) or len(tags), 1000):  # at most 1000 metrics per batch
+            self.c.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+        self.last_epoch[run_id] = epoch
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        result = dict(trial.last_result or {})
+        self._submit(f"closing the run of trial {trial.trial_id}", lambda: self._complete(trial, result))
+
+    def _complete(self, trial, result: dict[str, Any]) -> None:  # noqa: ANN001
+        from mlflow.entities import RunTag
+
         run_id = self.run_id(trial)
-        result = trial.last_result or {}
         if stopped_early(result, self.sweep.max_t):
-            self.c.set_tag(run_id, "sweeper.status", "stopped")
-            self.c.set_tag(run_id, "sweeper.stopped_at_epoch", str(result.get("epoch")))
+            tags = [RunTag("sweeper.status", "stopped"), RunTag("sweeper.stopped_at_epoch", str(result.get("epoch")))]
         else:
-            self.c.set_tag(run_id, "sweeper.status", "finished")
+            tags = [RunTag("sweeper.status", "finished")]
+        self.c.log_batch(run_id, tags=tags)  # one transaction, not one per tag
         self._attach_log(trial, run_id)
         self.c.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        run_id = self.run_id(trial)
         message = _trial_error_text(trial)
+        self._submit(f"closing the run of failed trial {trial.trial_id}", lambda: self._fail(trial, message))
+
+    def _fail(self, trial, message: str) -> None:  # noqa: ANN001
+        run_id = self.run_id(trial)
         # a NaN/inf loss is a property of the configuration (lr too high), not a crash
         diverged = "NonFiniteLossError" in message
         self.c.set_tag(run_id, "sweeper.status", "diverged" if diverged else "failed")
@@ -264,9 +346,13 @@ class MLflowTrialLogger(Callback):
     def on_experiment_end(self, trials, **info) -> None:  # noqa: ANN001
         # Ray persists a trial's files when its worker lets go of it, which can be after the
         # trial-end callbacks: attach the logs once more, complete, when the sweep ends
-        for trial in trials:
-            if trial.trial_id in self.runs:
-                self._attach_log(trial, self.runs[trial.trial_id])
+        def attach_all() -> None:
+            for trial in trials:
+                if trial.trial_id in self.runs:
+                    self._attach_log(trial, self.runs[trial.trial_id])
+
+        self._submit("attaching the trials' files", attach_all)
+        self.flush()
 
 
 COMMAND_LOG = "command.log"

@@ -92,12 +92,16 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     import torch
 
     from sweeper.tasks import load_task
+    from sweeper.tasks.training import loader_settings
 
     torch.set_num_threads(_threads_for_trial(sweep))
     cfg = trial_config(sweep, config)
     # files a task writes at evaluation (confusion matrix), attached to the trial's MLflow run
     cfg["artifacts_dir"] = str(Path(tune.get_context().get_trial_dir()) / ARTIFACTS_DIR)
     device = "cuda" if sweep.spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    # `train.workers: auto` from the trial's CPUs, not the node's (the task alone cannot know them)
+    cfg["train"]["workers"] = loader_settings(cfg["train"].get("workers"), device=device,
+                                              cpus=sweep.spec.resources.cpu)["num_workers"]
     epochs = int(cfg["train"]["epochs"])
     objective, mode = sweep.spec.objective.metric, sweep.spec.objective.mode
 

@@ -68,7 +68,7 @@ def test_sweep_file_uses_data_train(coco_file, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["missing.json"], "missing.json: COCO annotation file not found"),
     (["d/train.json", "--thresholds", "96,32"], "--thresholds: need one or more positive, increasing sizes"),
-    (["bad.json"], "bad.json: 'images' must be a list"),
+    (["bad.json"], "bad.json: missing top-level key 'images'"),
     (["bad.yaml"], "bad.yaml"),
 ])
 def test_errors_exit_2_without_traceback(coco_file, tmp_path, args, message):

@@ -299,3 +299,19 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"{signum}"
+
+
+def loader_settings(workers: int | str | None, *, device: str, cpus: float | None = None) -> dict[str, Any]:
+    """DataLoader keyword arguments from `train.workers` and where the trial runs.
+
+    `auto` (the default): on a CPU trial, 0 workers, since its cores are busy training and a
+    loader process per core would over-subscribe them; on a GPU trial, min(4, cpus - 1) workers
+    (`cpus`: the trial's CPU resources, else the cores this process may use), because there the
+    cores' only job is to decode and augment fast enough to keep the GPU busy. Batches go to a
+    GPU from pinned memory, which lets `.to(device, non_blocking=True)` overlap the copy.
+    """
+    cuda = str(device).startswith("cuda")
+    if workers in (None, "auto"):
+        have = cpus if cpus is not None else len(os.sched_getaffinity(0))
+        workers = max(0, min(4, int(have) - 1)) if cuda else 0
+    return {"num_workers": int(workers), "pin_memory": cuda}

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from results_io import peak_rss_mb  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
 pytestmark = pytest.mark.slow
 
 TRIALS = 500
@@ -29,17 +32,6 @@ budget: {{num_samples: {TRIALS}, max_concurrent: 2}}
 """
 
 
-def _peak_rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def test_500_trials_give_500_runs_with_bounded_driver_memory(tmp_path: Path) -> None:
     (tmp_path / "load.yaml").write_text(textwrap.dedent(SWEEP))
     t0 = time.time()
@@ -53,7 +45,7 @@ def test_500_trials_give_500_runs_with_bounded_driver_memory(tmp_path: Path) -> 
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        rss = _peak_rss_mb(proc.pid)
+        rss = peak_rss_mb(proc.pid)
         if rss:
             peak = max(peak, rss)
             samples.append((time.time() - t0, rss))

@@ -116,7 +116,7 @@ def test_parse_thresholds():
 @pytest.mark.parametrize("text, message", [
     ("{", "not valid JSON"),
     ("[]", "must be a JSON object"),
-    ('{"images": [], "categories": []}', "'annotations' must be a list"),
+    ('{"images": [], "categories": []}', "missing top-level key 'annotations'"),
     (json.dumps({**HAND, "annotations": [{"id": 1, "image_id": 1, "category_id": 1}]}), "annotations[0] is missing 'bbox'"),
     (json.dumps({**HAND, "annotations": [ann(1, 1, 1, 4, 4) | {"bbox": [0, 0, 4]}]}), "annotations[0].bbox must be 4 numbers"),
     (json.dumps({**HAND, "annotations": [ann(1, 1, 1, 4, 4, area="big")]}), "annotations[0].area must be a number"),

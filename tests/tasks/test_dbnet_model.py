@@ -81,7 +81,7 @@ def test_truncated_weights_are_refused(suffix: str, tmp_path: Path) -> None:
 
 
 def test_missing_weights_file_and_pretrained_without_weights(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"^model\.weights: .*nowhere\.pth not found"):
+    with pytest.raises(ValueError, match=r"^model\.weights: backbone weights file not found: .*nowhere\.pth$"):
         build_dbnet({**CFG, "weights": str(tmp_path / "nowhere.pth")})
-    with pytest.raises(ValueError, match=r"^model\.pretrained: true needs model\.weights"):
+    with pytest.raises(ValueError, match=r"^model\.pretrained: True needs model\.weights"):
         build_dbnet({**CFG, "weights": None})

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from sweeper.tasks import NonFiniteLossError
 from sweeper.tasks.detection.coco_eval import STAT_NAMES
 from sweeper.tasks.detection.task import DetectionTask
-from sweeper.tasks.training import lr_factor_fn
+from sweeper.tasks.training import loader_settings, lr_factor_fn
 
 CATEGORIES = [{"id": 4, "name": "red"}, {"id": 9, "name": "blue"}]
 COLOURS = {4: (230, 30, 30), 9: (30, 30, 230)}
@@ -251,3 +251,32 @@ def test_micro_batches_keep_the_optimizer_steps_and_the_injected_oom_hook(data: 
     with pytest.raises(torch.OutOfMemoryError, match="injected"):
         whole.train_one_epoch(2)
     split.train_one_epoch(2)  # micro-batches of 1 image pass the hook
+
+
+@pytest.mark.parametrize("workers, device, cpus, expected", [
+    ("auto", "cpu", 8, {"num_workers": 0, "pin_memory": False}),   # a CPU trial's cores train
+    (None, "cpu", 2, {"num_workers": 0, "pin_memory": False}),
+    ("auto", "cuda", 8, {"num_workers": 4, "pin_memory": True}),   # capped at 4
+    ("auto", "cuda:1", 3, {"num_workers": 2, "pin_memory": True}),  # one core left for the trial itself
+    ("auto", "cuda", 1, {"num_workers": 0, "pin_memory": True}),
+    ("auto", "cuda", 0.5, {"num_workers": 0, "pin_memory": True}),
+    (3, "cpu", 1, {"num_workers": 3, "pin_memory": False}),        # an explicit number is kept
+    (6, "cuda", 2, {"num_workers": 6, "pin_memory": True}),
+])
+def test_loader_settings_follow_the_trial_resources(workers: object, device: str, cpus: float, expected: dict) -> None:
+    assert loader_settings(workers, device=device, cpus=cpus) == expected
+
+
+def test_loader_settings_without_resources_use_this_process_cores() -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert loader_settings("auto", device="cuda")["num_workers"] == max(0, min(4, cores - 1))
+
+
+def test_the_task_builds_its_loaders_from_train_workers(data: dict) -> None:
+    task = DetectionTask(make_config(data, workers="auto"), device="cpu")
+    assert (task.train_loader.num_workers, task.train_loader.pin_memory) == (0, False)
+    task = DetectionTask(make_config(data, workers=1), device="cpu")
+    assert task.train_loader.num_workers == task.val_loader.num_workers == 1
+    assert task.train_one_epoch(1)["train/loss"] > 0  # a worker process really feeds the epoch

@@ -16,7 +16,7 @@ At inference only ``prob`` is used by post-processing; ``thresh``/``binary`` exi
   timm (never a download); backbones are timm names, created with ``features_only``. timm loads
   them non-strictly, so a file that cannot be read or does not fill the backbone (another model's
   weights would leave it random without a word) raises ValueError naming ``model.weights`` and the
-  file, checked as detection checks its backbone.
+  file: the backbone is built by detection's :func:`~sweeper.tasks.detection.model.create_timm_body`.
 
 Usage::
 
@@ -26,48 +26,20 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from sweeper.tasks.detection.model import _check_loaded, _read_weights, _shorten
+from sweeper.tasks.detection.model import create_timm_body
 
 DECODERS = ("unet", "fpn")
 
 
 def _conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def create_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """timm `features_only` backbone; local weights via `pretrained_cfg_overlay`, never downloaded,
-    and checked to fill every weight of the backbone."""
-    name = model_cfg.get("backbone", "resnet18")
-    weights = model_cfg.get("weights")
-    if model_cfg.get("pretrained") and not weights:
-        raise ValueError("model.pretrained: true needs model.weights (a local file); sweeper never downloads weights")
-    kwargs: dict[str, Any] = {"features_only": True}
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ValueError(f"model.weights: {weights} not found")
-        in_file = _read_weights(path)
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    try:
-        body = timm.create_model(name, **kwargs)
-    except (RuntimeError, KeyError) as exc:  # e.g. a tensor of the right name but another shape
-        if weights:
-            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: "
-                             f"{_shorten(str(exc))}") from exc
-        raise
-    if weights:
-        _check_loaded(body, in_file, f"model.weights: {weights} does not fit timm model {name!r}")
-    return body
 
 
 class UNetDecoder(nn.Module):
@@ -165,5 +137,5 @@ class DBNet(nn.Module):
 
 def build_dbnet(model_cfg: Mapping[str, Any]) -> DBNet:
     """Build DBNet from the `model` block of a trial config."""
-    return DBNet(create_backbone(model_cfg), model_cfg.get("decoder", "unet"),
+    return DBNet(create_timm_body(model_cfg), model_cfg.get("decoder", "unet"),
                  int(model_cfg.get("channels", 64)), float(model_cfg.get("k", 50)))

@@ -38,6 +38,7 @@ from sweeper.tasks.dbnet.model import build_dbnet
 from sweeper.tasks.dbnet.postprocess import polygons_from_prob
 from sweeper.tasks.training import (
     Optimization,
+    loader_settings,
     best_over_grid,
     check_injected_oom,
     micro_batches,
@@ -95,11 +96,11 @@ class DBNetTask:
                                        label_cfg=labels)
         self.val_ds = TextDetDataset(_load(fmt, data["val"], data["images"]), res, train=False, hflip=0.0,
                                      label_cfg=labels)
-        batch, workers = int(train["batch_size"]), int(train.get("workers", 0))
+        batch, loader = int(train["batch_size"]), loader_settings(train.get("workers"), device=self.device)
         self.generator = torch.Generator()
         self.train_loader = DataLoader(self.train_ds, batch_size=batch, shuffle=True, collate_fn=collate,
-                                       num_workers=workers, generator=self.generator, drop_last=len(self.train_ds) > batch)
-        self.val_loader = DataLoader(self.val_ds, batch_size=batch, shuffle=False, collate_fn=collate, num_workers=workers)
+                                       generator=self.generator, drop_last=len(self.train_ds) > batch, **loader)
+        self.val_loader = DataLoader(self.val_ds, batch_size=batch, shuffle=False, collate_fn=collate, **loader)
 
         self.model = build_dbnet(config["model"]).to(self.device)
         self.loss = DBLoss(**config.get("loss", {}))
@@ -153,7 +154,7 @@ class DBNetTask:
         out = []
         for images, _, metas in self.val_loader:
             with torch.autocast("cuda", enabled=self.use_amp):
-                prob = self.model(images.to(self.device))["prob"]
+                prob = self.model(images.to(self.device, non_blocking=True))["prob"]
             prob = prob.float().squeeze(1).cpu().numpy()
             for p, meta in zip(prob, metas):
                 h, w = meta["orig_size"]

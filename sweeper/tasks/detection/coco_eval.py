@@ -60,10 +60,18 @@ _STANDARD_AREA_LABELS = ("all", "small", "medium", "large")
 #: pycocotools' "no upper bound" area (its default for "all" and "large").
 _MAX_AREA = 1e5**2
 
-_GT_REQUIRED = {
+#: section -> keys each of its items needs for COCOeval (``validate_coco_gt``'s default)
+GT_REQUIRED: dict[str, tuple[str, ...]] = {
     "images": ("id",),
     "categories": ("id", "name"),
     "annotations": ("id", "image_id", "category_id", "bbox", "area"),
+}
+#: the keys ``validate_coco_gt``'s own checks read: the least any ``required=`` may name
+#: (enough for code that only reads boxes, e.g. dataset statistics, where ``area`` is optional)
+GT_REQUIRED_MINIMAL: dict[str, tuple[str, ...]] = {
+    "images": ("id",),
+    "categories": ("id", "name"),
+    "annotations": ("image_id", "category_id", "bbox"),
 }
 _DET_REQUIRED = ("image_id", "category_id", "bbox", "score")
 
@@ -75,7 +83,9 @@ class CocoFormatError(ValueError):
 # --------------------------------------------------------------------------------------------
 # loading and validation
 # --------------------------------------------------------------------------------------------
-def _read_json(path: str | Path, what: str) -> Any:
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed one raises CocoFormatError naming it
+    (``what`` says which file, e.g. "COCO ground-truth")."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -91,7 +101,8 @@ def _read_json(path: str | Path, what: str) -> Any:
         ) from None
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real number, bools excepted (numpy scalars included)."""
     # Plain floats and ints first: the ABC check below is slow and runs 5x per detection.
     if type(value) is float or type(value) is int:
         return True
@@ -100,15 +111,22 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_box(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 4 and all(map(_is_number, value))
+    return isinstance(value, (list, tuple)) and len(value) == 4 and all(map(is_number, value))
 
 
-def validate_coco_gt(data: Any, source: str = "<ground truth>") -> None:
+def validate_coco_gt(data: Any, source: str = "<ground truth>", *,
+                     required: Mapping[str, Sequence[str]] = GT_REQUIRED) -> None:
     """Check the keys pycocotools relies on, so a bad file fails here with its name and field
-    instead of as a ``KeyError`` deep inside ``COCOeval``."""
+    instead of as a ``KeyError`` deep inside ``COCOeval``.
+
+    ``required`` maps each section (images, categories, annotations: all three must be there) to
+    the keys each of its items must have; it names at least :data:`GT_REQUIRED_MINIMAL`, which the
+    cross-checks read (boxes, ids that exist, unique category names). The default is what
+    COCOeval reads; a reader of boxes alone passes :data:`GT_REQUIRED_MINIMAL`.
+    """
     if not isinstance(data, Mapping):
         raise CocoFormatError(f"{source}: COCO ground truth must be a JSON object, got {type(data).__name__}")
-    for section, keys in _GT_REQUIRED.items():
+    for section, keys in required.items():
         if section not in data:
             raise CocoFormatError(f"{source}: missing top-level key {section!r} (COCO needs images, annotations, categories)")
         items = data[section]
@@ -149,20 +167,20 @@ def validate_detections(dets: Any, source: str = "<detections>") -> None:
         if not _is_box(det["bbox"]):
             raise CocoFormatError(f"{source}: detection [{i}].bbox must be 4 numbers [x, y, w, h], got {det['bbox']!r}")
         score = det["score"]
-        if not _is_number(score) or not math.isfinite(score):
+        if not is_number(score) or not math.isfinite(score):
             raise CocoFormatError(f"{source}: detection [{i}].score must be a finite number, got {score!r}")
 
 
 def load_coco_gt(path: str | Path) -> dict[str, Any]:
     """Read and validate a COCO ground-truth JSON file; errors name the file and the field."""
-    data = _read_json(path, "COCO ground-truth")
+    data = read_json(path, "COCO ground-truth")
     validate_coco_gt(data, str(path))
     return data
 
 
 def load_detections(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate a COCO results JSON file (a list of detections)."""
-    data = _read_json(path, "detections")
+    data = read_json(path, "detections")
     validate_detections(data, str(path))
     return data
 

@@ -398,7 +398,7 @@ def collate_fn(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[t
 
 
 def make_loader(
-    dataset: CocoDetection, *, batch_size: int, shuffle: bool, seed: int, workers: int = 0
+    dataset: CocoDetection, *, batch_size: int, shuffle: bool, seed: int, workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
     """A DataLoader whose order depends only on ``seed`` and the epoch (see set_loader_epoch)."""
     gen = torch.Generator()
@@ -408,6 +408,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
+        pin_memory=pin_memory,
         collate_fn=collate_fn,
         generator=gen,
         drop_last=False,

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.tasks.detection.coco_eval import CocoFormatError, _is_box, _is_number, _read_json
+from sweeper.tasks.detection.coco_eval import (GT_REQUIRED_MINIMAL, CocoFormatError, is_number, read_json,
+                                               validate_coco_gt)
 
 #: histogram edges in sqrt-area px; the last bin is open-ended. Roughly log-spaced: object
 #: sizes span orders of magnitude, and the small end is where thresholds are hard to choose.
@@ -66,31 +67,12 @@ def _check_thresholds(values: Sequence[float], where: str) -> None:
 
 
 def _check(data: Any, path: Path) -> None:
-    """The fields this module reads; COCOeval-only fields (``area``) are optional here."""
-    if not isinstance(data, Mapping):
-        raise CocoFormatError(f"{path}: COCO annotations must be a JSON object, got {type(data).__name__}")
-    for section, keys in (("images", ("id",)), ("categories", ("id", "name")),
-                          ("annotations", ("image_id", "category_id", "bbox"))):
-        items = data.get(section)
-        if not isinstance(items, list):
-            raise CocoFormatError(f"{path}: {section!r} must be a list (is this a COCO detection file?)")
-        for i, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                raise CocoFormatError(f"{path}: {section}[{i}] must be an object")
-            for key in keys:
-                if key not in item:
-                    raise CocoFormatError(f"{path}: {section}[{i}] is missing {key!r}")
-    cats = {c["id"] for c in data["categories"]}
-    images = {img["id"] for img in data["images"]}
+    """The fields this module reads; COCOeval-only fields (``id``, ``area``) are optional here,
+    but an ``area`` that is there must be a size (it is preferred to the box's)."""
+    validate_coco_gt(data, str(path), required=GT_REQUIRED_MINIMAL)
     for i, ann in enumerate(data["annotations"]):
-        if not _is_box(ann["bbox"]):
-            raise CocoFormatError(f"{path}: annotations[{i}].bbox must be 4 numbers [x, y, w, h], got {ann['bbox']!r}")
-        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+        if "area" in ann and not (is_number(ann["area"]) and ann["area"] >= 0):
             raise CocoFormatError(f"{path}: annotations[{i}].area must be a number >= 0, got {ann['area']!r}")
-        if ann["category_id"] not in cats:
-            raise CocoFormatError(f"{path}: annotations[{i}].category_id {ann['category_id']!r} is not in 'categories'")
-        if ann["image_id"] not in images:
-            raise CocoFormatError(f"{path}: annotations[{i}].image_id {ann['image_id']!r} is not in 'images'")
 
 
 def dataset_stats(
@@ -115,7 +97,7 @@ def dataset_stats(
     if len(bins) < 1 or list(bins) != sorted(set(bins)) or bins[0] < 0:
         raise ValueError(f"bins: need increasing edges >= 0 in pixels, got {list(bins)}")
     path = Path(ann_file)
-    data = _read_json(path, "COCO annotation")
+    data = read_json(path, "COCO annotation")
     _check(data, path)
 
     names = {c["id"]: str(c["name"]) for c in data["categories"]}

@@ -118,6 +118,15 @@ def matched_weights(target: Mapping[str, Tensor], matched_idxs: Tensor, positive
     return torch.where(positive, gt_weights.to(ones)[matched_idxs.clamp(min=0)], ones)
 
 
+def _one_stage_weights(targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]) -> list[Tensor] | None:
+    """The one-stage heads' (RetinaNet, FCOS) weight per anchor/location and image: its matched
+    ground truth's where matched (index >= 0), else 1; None when no target carries ``weights``,
+    so the head runs torchvision's own loss."""
+    if not _has_weights(targets):
+        return None
+    return [matched_weights(t, m, m >= 0) for t, m in zip(targets, matched_idxs)]
+
+
 def per_box_loss(loss_type: str, box_coder: BoxCoder, anchors: Tensor, gt_boxes: Tensor, pred: Tensor) -> Tensor:
     """torchvision's ``_box_loss`` with one value per box instead of the sum."""
     if loss_type == "l1":
@@ -253,9 +262,9 @@ class WeightedRetinaNetHead(RetinaNetHead):
         self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
         matched_idxs: list[Tensor],
     ) -> dict[str, Tensor]:
-        if not _has_weights(targets):
+        weights = _one_stage_weights(targets, matched_idxs)
+        if weights is None:
             return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-        weights = [matched_weights(t, m, m >= 0) for t, m in zip(targets, matched_idxs)]
         if self.size_weight_cls:
             classification = self._classification_loss(targets, head_outputs["cls_logits"], matched_idxs, weights)
         else:
@@ -314,10 +323,11 @@ class WeightedFCOSHead(FCOSHead):
         self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
         matched_idxs: list[Tensor],
     ) -> dict[str, Tensor]:
-        if not _has_weights(targets):
+        weights = _one_stage_weights(targets, matched_idxs)
+        if weights is None:
             return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
         # FCOSHead.compute_loss, with a weight per location (1 for background)
-        gt_classes, gt_boxes, weights = [], [], []
+        gt_classes, gt_boxes = [], []
         for target, matched in zip(targets, matched_idxs):
             if len(target["labels"]) == 0:
                 classes = target["labels"].new_zeros((len(matched),))
@@ -328,7 +338,6 @@ class WeightedFCOSHead(FCOSHead):
             classes[matched < 0] = -1
             gt_classes.append(classes)
             gt_boxes.append(boxes)
-            weights.append(matched_weights(target, matched, matched >= 0))
         all_boxes, all_classes, all_anchors, all_w = (torch.stack(gt_boxes), torch.stack(gt_classes),
                                                       torch.stack(anchors), torch.stack(weights))
         foreground = all_classes >= 0

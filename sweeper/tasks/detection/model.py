@@ -32,6 +32,8 @@ detector (``model.arch`` in :data:`ARCHS`) whose ``num_classes`` includes backgr
   A file that cannot be read (truncated, not a checkpoint) or that does not fill the backbone
   (timm loads backbone weights non-strictly, so another model's state dict would silently leave
   it random) raises ValueError naming the file and a few of the missing/unexpected keys.
+  Building, loading and checking the backbone is :func:`create_timm_body`, which DBNet uses too
+  (the BatchNorm freezing stays in :func:`build_model`).
 
 Usage::
 
@@ -137,7 +139,16 @@ class TimmFPNBackbone(nn.Module):
         return self.fpn(OrderedDict(zip(self.level_names, feats)))
 
 
-def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Module, bool]:
+def create_timm_body(model_cfg: Mapping[str, Any], **timm_kwargs: Any) -> nn.Module:
+    """The timm ``features_only`` backbone named by ``model_cfg`` (a trial config's ``model``
+    section), for every task: detection and DBNet build their bodies here.
+
+    ``model.backbone`` is checked against timm first (a typo names the closest models);
+    ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``out_indices``). ``model.weights`` is a local
+    file loaded through timm's ``pretrained_cfg_overlay``, never a download, and required by
+    ``model.pretrained: True``. timm loads it non-strictly, so the file is read first (a damaged one
+    fails with a clear ValueError) and the built body is then checked to hold its tensors.
+    """
     name = model_cfg.get("backbone", "resnet18")
     check_backbone(name)
     weights = model_cfg.get("weights")
@@ -146,7 +157,7 @@ def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Modu
             "model.pretrained: True needs model.weights (a local backbone file); "
             "sweeps never download weights"
         )
-    kwargs: dict[str, Any] = {"features_only": True, "out_indices": num_levels}
+    kwargs: dict[str, Any] = {"features_only": True, **timm_kwargs}
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -155,14 +166,19 @@ def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Modu
         in_file = _read_weights(path)
     try:
         body = timm.create_model(name, pretrained=bool(weights), **kwargs)
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError) as exc:  # e.g. a tensor of the right name but another shape
         if weights:
             raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: "
                              f"{_shorten(str(exc))}") from exc
         raise
     if weights:
         _check_loaded(body, in_file, f"model.weights: {weights} does not fit timm model {name!r}")
-    return body, bool(weights)
+    return body
+
+
+def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Module, bool]:
+    """The last ``num_levels`` feature levels, and whether weights were loaded (their BN is frozen)."""
+    return create_timm_body(model_cfg, out_indices=num_levels), bool(model_cfg.get("weights"))
 
 
 def _read_weights(path: Path) -> dict[str, tuple[tuple[int, ...], float]]:

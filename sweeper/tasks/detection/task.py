@@ -40,6 +40,7 @@ from torchvision.ops import batched_nms
 from sweeper.tasks import NonFiniteLossError
 from sweeper.tasks.training import (
     Optimization,
+    loader_settings,
     best_over_grid,
     check_injected_oom,
     micro_batches,
@@ -97,10 +98,12 @@ class DetectionTask:
         self.val_ds = CocoDetection(data["val"], data["images"], resolution=self.eval_resolution)
         self.train_ds.check_categories(self.val_ds)
         self.val_gt = load_coco_gt(data["val"])
-        workers = int(train.get("workers", 0))
+        loader = loader_settings(train.get("workers"), device=self.device)
         batch = int(train.get("batch_size", 4))
-        self.train_loader = make_loader(self.train_ds, batch_size=batch, shuffle=True, seed=self.seed, workers=workers)
-        self.val_loader = make_loader(self.val_ds, batch_size=batch, shuffle=False, seed=self.seed, workers=workers)
+        self.train_loader = make_loader(self.train_ds, batch_size=batch, shuffle=True, seed=self.seed,
+                                        workers=loader["num_workers"], pin_memory=loader["pin_memory"])
+        self.val_loader = make_loader(self.val_ds, batch_size=batch, shuffle=False, seed=self.seed,
+                                      workers=loader["num_workers"], pin_memory=loader["pin_memory"])
 
         self.model = build_model(config["model"], len(self.train_ds.categories) + 1, res, self.post,
                                  loss_cfg=self.loss_cfg)
@@ -180,7 +183,7 @@ class DetectionTask:
     def _target(self, t: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """What the detector trains on; `weights` (per box, by its size bucket) when the size
         weights are not all 1."""
-        out = {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+        out = {"boxes": t["boxes"].to(self.device, non_blocking=True), "labels": t["labels"].to(self.device, non_blocking=True)}
         weights = self.loss_cfg.get("size_weights") or {}
         if any(float(w) != 1.0 for w in weights.values()):
             thresholds = self.loss_cfg.get("size_thresholds") or (32.0, 96.0)
@@ -209,7 +212,7 @@ class DetectionTask:
         out = []
         try:
             for images, targets in self.val_loader:
-                images = [im.to(self.device) for im in images]
+                images = [im.to(self.device, non_blocking=True) for im in images]
                 with torch.autocast("cuda", enabled=self.use_amp):
                     preds = self.model(images)
                 for pred, tgt in zip(preds, targets):

@@ -1,0 +1,122 @@
+"""The MLflow trial logger writes on a background thread: in order, without holding up Tune's loop,
+consistent when Tune pickles it, and loud but not fatal when a write fails.
+
+Real MLflow (a sqlite store in tmp_path) and Ray's own Trial objects; no Ray runtime is needed
+because the callback methods are called as Tune's controller would call them.
+"""
+from __future__ import annotations
+
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+from ray.train._internal.storage import StorageContext
+from ray.tune.experiment import Trial
+
+from sweeper import tracking
+from sweeper.config import load_sweep
+
+SWEEP = """
+name: writer
+task: noop
+base: {train: {epochs: 3, sleep_s: 0.0}}
+search:
+  x: {uniform: [0.0, 1.0]}
+  y: {uniform: [0.0, 1.0]}
+objective: {metric: score, mode: max}
+scheduler: {name: fifo}
+budget: {num_samples: 4}
+tracking: {uri: sqlite:///mlruns.db}
+"""
+
+
+@pytest.fixture()
+def logger(tmp_path: Path) -> tracking.MLflowTrialLogger:
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    sweep = load_sweep(tmp_path / "s.yaml", cwd=tmp_path)
+    parent = tracking.start_sweep_run(sweep, "test")
+    return tracking.MLflowTrialLogger(sweep, parent)
+
+
+def _trial(tmp_path: Path, trial_id: str) -> Trial:
+    return Trial("noop", config={"x": 0.25, "y": 0.5}, trial_id=trial_id, stub=True,
+                 storage=StorageContext(str(tmp_path / "ray"), "writer", trial_dir_name=f"trial_{trial_id}"))
+
+
+def _run_trial(logger: tracking.MLflowTrialLogger, trial: Trial, epochs: int = 3) -> None:
+    logger.on_trial_start(0, [], trial)
+    for epoch in range(1, epochs + 1):
+        result = {"score": 0.1 * epoch, "train/loss": 1.0 / epoch, "epoch": epoch, "epochs_total": 3,
+                  "best_objective": 0.1 * epoch, "training_iteration": epoch}
+        trial.update_last_result(result)
+        logger.on_trial_result(epoch, [], trial, result)
+    logger.on_trial_complete(epochs, [], trial)
+
+
+def _trial_runs(logger: tracking.MLflowTrialLogger) -> list:
+    return tracking.client(logger.uri).search_runs([logger.experiment_id], "tags.`sweeper.kind` = 'trial'")
+
+
+def test_results_are_written_in_order_once_flushed(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
+    for i in range(3):
+        _run_trial(logger, _trial(tmp_path, f"t{i}"))
+    assert logger.flush() == []
+    runs = _trial_runs(logger)
+    assert sorted(r.data.tags["sweeper.trial_id"] for r in runs) == ["t0", "t1", "t2"]
+    c = tracking.client(logger.uri)
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["sweeper.status"] == "finished"
+        assert run.data.params["x"] == "0.25"
+        history = sorted((m.step, round(m.value, 6)) for m in c.get_metric_history(run.info.run_id, "score"))
+        assert history == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+def test_callbacks_return_while_the_store_is_busy(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
+    """Tune's loop never waits for MLflow: with the writer held up, a whole trial's callbacks
+    still return, and the writes land once it is free."""
+    done = threading.Event()
+    with logger._lock:  # what a slow commit or a tracking-server round trip looks like to the loop
+        worker = threading.Thread(target=lambda: (_run_trial(logger, _trial(tmp_path, "busy")), done.set()))
+        worker.start()
+        assert done.wait(timeout=30), "the callbacks waited for the store"
+        assert _trial_runs(logger) == []
+    assert logger.flush() == []
+    assert [r.data.tags["sweeper.status"] for r in _trial_runs(logger)] == ["finished"]
+
+
+def test_a_pickled_logger_continues_the_same_runs(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
+    """Tune pickles the callback into its experiment state; the restored copy finds each trial's
+    run by tag (it may have been created after the snapshot) and logs no epoch twice."""
+    trial = _trial(tmp_path, "t0")
+    logger.on_trial_start(0, [], trial)
+    first = {"score": 0.1, "epoch": 1, "epochs_total": 3, "training_iteration": 1}
+    logger.on_trial_result(1, [], trial, first)
+    snapshot = pickle.dumps(logger)  # may be taken with writes still in flight
+    assert logger.flush() == []
+
+    restored = pickle.loads(snapshot)
+    assert restored._fresh is False and restored._pending == []
+    restored.on_trial_result(1, [], trial, first)  # replayed after the restore: not logged again
+    _run_trial(restored, trial)
+    assert restored.flush() == []
+    runs = _trial_runs(restored)
+    assert len(runs) == 1
+    steps = [m.step for m in tracking.client(logger.uri).get_metric_history(runs[0].info.run_id, "score")]
+    assert sorted(steps) == [1, 2, 3]
+
+
+def test_a_failed_write_is_reported_and_the_next_ones_still_land(
+        logger: tracking.MLflowTrialLogger, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = _trial(tmp_path, "gone")
+    logger.on_trial_start(0, [], gone)
+    logger.flush()
+    tracking.client(logger.uri).delete_run(logger.runs["gone"])  # someone deleted the run mid-sweep
+    logger.on_trial_result(1, [], gone, {"score": 0.5, "epoch": 1, "training_iteration": 1})
+    _run_trial(logger, _trial(tmp_path, "ok"))
+    errors = logger.flush()
+    assert len(errors) == 1 and "logging a result of trial gone failed" in errors[0]
+    assert "logging a result of trial gone failed" in capsys.readouterr().err
+    assert tracking.flush_all() == errors  # what the runner prints after the sweep
+    statuses = {r.data.tags["sweeper.trial_id"]: r.data.tags["sweeper.status"] for r in _trial_runs(logger)}
+    assert statuses == {"ok": "finished"}
