@@ -146,6 +146,7 @@ def gpu_part(work: Path, env: dict[str, str], epochs: int) -> dict[str, Any]:
         print("--gpu: CUDA is not available on this machine; GPU packing skipped")
         return {"skipped": "CUDA not available"}
     from sweeper.tasks import synthesize
+    from sweeper.tasks.training import loader_settings
 
     data = work / "data512"
     synthesize("detection", data, images=256, size=512, seed=0)
@@ -157,12 +158,13 @@ def gpu_part(work: Path, env: dict[str, str], epochs: int) -> dict[str, Any]:
             name = f"bench-packing-gpu{per_gpu}-{'amp' if amp else 'fp32'}"
             lrs = [round(1e-3 * (i + 1), 6) for i in range(per_gpu)]
             text = sweep_yaml(name, data, lrs=lrs, epochs=epochs, resolution=512, cpu=cpus, gpu=1 / per_gpu,
-                              concurrent=per_gpu, model=model, train={"batch_size": 8, "amp": amp, "workers": 2})
+                              concurrent=per_gpu, model=model, train={"batch_size": 8, "amp": amp})  # workers: auto
             with GpuMemoryPoller() as mem:
                 child = launch_sweep(text, work, file_name=f"{name}.yaml", env=env)
             trials = read_results(work / "runs" / name)
             rates = [t[-1]["train/images_per_s"] for t in trials]
             rows.append({"trials_per_gpu": per_gpu, "amp": amp, "cpu_per_trial": cpus,
+                         "loader_workers_per_trial": loader_settings("auto", device="cuda", cpus=cpus)["num_workers"],
                          "wall_s": round(child["wall_s"], 1),
                          "train_images_per_s_per_trial": round(sum(rates) / len(rates), 1),
                          "train_images_per_s_total": round(sum(rates), 1),
