@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,10 @@ class MLflowTrialLogger(Callback):
     Writes go to MLflow on one background thread, in the order Tune reported them: a sqlite
     commit or a tracking-server round trip costs milliseconds per call, a handful of calls per
     trial, and Tune's single driver loop would otherwise wait for each before it dispatches the
-    next trial or result. A write that fails is printed (and returned by `flush`) without
-    stopping the sweep: the trial's results are still in its Ray directory (result.json).
+    next trial or result. When the store falls behind (many short trials), a trial's results
+    and its end wait together and go out as one batch: fewer, larger writes, same content.
+    A write that fails is printed (and returned by `flush`) without stopping the sweep: the
+    trial's results are still in its Ray directory (result.json).
     """
 
     def __init__(self, sweep: Sweep, parent_run_id: str) -> None:
@@ -162,11 +165,15 @@ class MLflowTrialLogger(Callback):
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
         self._errors: list[str] = []
+        # trial_id -> what it reported that is not written yet; a trial has an entry exactly
+        # while a job that will write it is queued
+        self._unwritten: dict[str, _Unwritten] = {}
+        self._unwritten_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         with self._lock:  # not halfway through a write: the maps are consistent
             state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()
-                     if k not in ("_lock", "_pool", "_pending", "_errors")}
+                     if k not in ("_lock", "_pool", "_pending", "_errors", "_unwritten", "_unwritten_lock")}
         state["_client"] = None
         state["_fresh"] = False  # what Tune restores may meet trials whose runs exist
         return state
@@ -255,60 +262,63 @@ class MLflowTrialLogger(Callback):
         self._submit(f"starting the run of trial {trial.trial_id}", lambda: self.run_id(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
-        result = dict(result)
-        self._submit(f"logging a result of trial {trial.trial_id}", lambda: self._log_result(trial, result))
-
-    def _log_result(self, trial, result: dict[str, Any]) -> None:  # noqa: ANN001
-        from mlflow.entities import Metric, RunTag
-
-        run_id = self.run_id(trial)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        if epoch <= self.last_epoch.get(run_id, 0):
-            return  # already logged before a restore
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(metric_key(k), float(v), now, epoch)
-            for k, v in result.items()
-            if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-            and v is not None and not math.isnan(float(v))
-        ]
-        tags = []
-        if result.get("oom_retries"):  # the OOM fallback changed how the trial trains: say so
-            tags = [RunTag("sweeper.oom_retries", str(result["oom_retries"])),
-                    RunTag("sweeper.micro_batches", str(result.get("train/micro_batches")))]
-        for i in range(0, len(metrics) or len(tags), 1000):  # at most 1000 metrics per batch
-            self.c.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
-        self.last_epoch[run_id] = epoch
+        self._unwritten_for(trial).results.append(dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        result = dict(trial.last_result or {})
-        self._submit(f"closing the run of trial {trial.trial_id}", lambda: self._complete(trial, result))
-
-    def _complete(self, trial, result: dict[str, Any]) -> None:  # noqa: ANN001
-        from mlflow.entities import RunTag
-
-        run_id = self.run_id(trial)
-        if stopped_early(result, self.sweep.max_t):
-            tags = [RunTag("sweeper.status", "stopped"), RunTag("sweeper.stopped_at_epoch", str(result.get("epoch")))]
-        else:
-            tags = [RunTag("sweeper.status", "finished")]
-        self.c.log_batch(run_id, tags=tags)  # one transaction, not one per tag
-        self._attach_log(trial, run_id)
-        self.c.set_terminated(run_id, "FINISHED")
+        self._unwritten_for(trial).end = ("complete", dict(trial.last_result or {}))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        message = _trial_error_text(trial)
-        self._submit(f"closing the run of failed trial {trial.trial_id}", lambda: self._fail(trial, message))
+        self._unwritten_for(trial).end = ("error", _trial_error_text(trial))
 
-    def _fail(self, trial, message: str) -> None:  # noqa: ANN001
+    def _unwritten_for(self, trial) -> _Unwritten:  # noqa: ANN001
+        """The trial's not-yet-written record, queuing the job that writes it if there is none."""
+        with self._unwritten_lock:
+            record = self._unwritten.get(trial.trial_id)
+            if record is None:
+                record = self._unwritten[trial.trial_id] = _Unwritten()
+                self._submit(f"writing the results of trial {trial.trial_id}", lambda: self._write_unwritten(trial))
+            return record
+
+    def _write_unwritten(self, trial) -> None:  # noqa: ANN001
+        """One batch for everything the trial reported since the last write (per-epoch metrics,
+        the status tags of its end), then its files and its final state."""
+        from mlflow.entities import Metric, RunTag
+
+        with self._unwritten_lock:  # from here on, new reports start a new record (and job)
+            record = self._unwritten.pop(trial.trial_id)
         run_id = self.run_id(trial)
-        # a NaN/inf loss is a property of the configuration (lr too high), not a crash
-        diverged = "NonFiniteLossError" in message
-        self.c.set_tag(run_id, "sweeper.status", "diverged" if diverged else "failed")
-        self.c.set_tag(run_id, "sweeper.error", _last_line(message)[:5000])
-        self.c.log_text(run_id, message, "error.txt")
-        self._attach_log(trial, run_id)
-        self.c.set_terminated(run_id, "FAILED")
+        metrics, tags, last = [], [], self.last_epoch.get(run_id, 0)
+        for result in record.results:
+            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+            if epoch <= last:
+                continue  # already logged before a restore
+            last, now = epoch, int(time.time() * 1000)
+            metrics += [Metric(metric_key(k), float(v), now, epoch) for k, v in result.items()
+                        if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and not math.isnan(float(v))]
+            if result.get("oom_retries"):  # the OOM fallback changed how the trial trains: say so
+                tags += [RunTag("sweeper.oom_retries", str(result["oom_retries"])),
+                         RunTag("sweeper.micro_batches", str(result.get("train/micro_batches")))]
+        kind, detail = record.end or (None, None)
+        if kind == "complete":
+            if stopped_early(detail, self.sweep.max_t):
+                tags += [RunTag("sweeper.status", "stopped"), RunTag("sweeper.stopped_at_epoch", str(detail.get("epoch")))]
+            else:
+                tags += [RunTag("sweeper.status", "finished")]
+        elif kind == "error":
+            # a NaN/inf loss is a property of the configuration (lr too high), not a crash
+            diverged = "NonFiniteLossError" in detail
+            tags += [RunTag("sweeper.status", "diverged" if diverged else "failed"),
+                     RunTag("sweeper.error", _last_line(detail)[:5000])]
+        tags = list({t.key: t for t in tags}.values())  # the latest value of each tag
+        for i in range(0, max(len(metrics), len(tags)), 1000):  # MLflow: <= 1000 metrics, 100 tags a batch
+            self.c.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+        self.last_epoch[run_id] = last
+        if kind == "error":
+            self.c.log_text(run_id, detail, "error.txt")
+        if kind is not None:
+            self._attach_log(trial, run_id)
+            self.c.set_terminated(run_id, "FINISHED" if kind == "complete" else "FAILED")
 
     def _attach_log(self, trial, run_id: str) -> None:  # noqa: ANN001
         """A command trial's output log and a task's evaluation files (`artifacts/`: the
@@ -353,6 +363,15 @@ class MLflowTrialLogger(Callback):
 
         self._submit("attaching the trials' files", attach_all)
         self.flush()
+
+
+@dataclass
+class _Unwritten:
+    """What a trial reported that is not in MLflow yet: results in order, then maybe its end,
+    ("complete", last result) or ("error", traceback text)."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    end: tuple[str, Any] | None = None
 
 
 COMMAND_LOG = "command.log"

@@ -85,6 +85,24 @@ def test_callbacks_return_while_the_store_is_busy(logger: tracking.MLflowTrialLo
     assert [r.data.tags["sweeper.status"] for r in _trial_runs(logger)] == ["finished"]
 
 
+def test_a_backlog_goes_out_as_one_batch_per_trial(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
+    """Results that waited for the store are written together with the trial's end: the run
+    holds every epoch and the status, from one metrics batch instead of one per report."""
+    batches = []
+    real = logger.c.log_batch
+    logger.c.log_batch = lambda run_id, **kw: (batches.append(kw), real(run_id, **kw))[1]  # counts, then writes
+    with logger._lock:
+        _run_trial(logger, _trial(tmp_path, "late"))
+    assert logger.flush() == []
+    with_metrics = [b for b in batches if b.get("metrics")]
+    assert len(with_metrics) == 1 and {m.step for m in with_metrics[0]["metrics"]} == {1, 2, 3}
+    assert [t.key for t in with_metrics[0]["tags"]] == ["sweeper.status"]
+    run = _trial_runs(logger)[0]
+    assert run.info.status == "FINISHED" and run.data.tags["sweeper.status"] == "finished"
+    history = tracking.client(logger.uri).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 1.0), (2, 0.5), (3, round(1 / 3, 6))]
+
+
 def test_a_pickled_logger_continues_the_same_runs(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
     """Tune pickles the callback into its experiment state; the restored copy finds each trial's
     run by tag (it may have been created after the snapshot) and logs no epoch twice."""
@@ -115,8 +133,8 @@ def test_a_failed_write_is_reported_and_the_next_ones_still_land(
     logger.on_trial_result(1, [], gone, {"score": 0.5, "epoch": 1, "training_iteration": 1})
     _run_trial(logger, _trial(tmp_path, "ok"))
     errors = logger.flush()
-    assert len(errors) == 1 and "logging a result of trial gone failed" in errors[0]
-    assert "logging a result of trial gone failed" in capsys.readouterr().err
+    assert len(errors) == 1 and "writing the results of trial gone failed" in errors[0]
+    assert "writing the results of trial gone failed" in capsys.readouterr().err
     assert tracking.flush_all() == errors  # what the runner prints after the sweep
     statuses = {r.data.tags["sweeper.trial_id"]: r.data.tags["sweeper.status"] for r in _trial_runs(logger)}
     assert statuses == {"ok": "finished"}
