@@ -262,22 +262,26 @@ class MLflowTrialLogger(Callback):
         self._submit(f"starting the run of trial {trial.trial_id}", lambda: self.run_id(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
-        self._unwritten_for(trial).results.append(dict(result))
+        result = dict(result)
+        self._add_unwritten(trial, lambda record: record.results.append(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        self._unwritten_for(trial).end = ("complete", dict(trial.last_result or {}))
+        end = ("complete", dict(trial.last_result or {}))
+        self._add_unwritten(trial, lambda record: setattr(record, "end", end))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        self._unwritten_for(trial).end = ("error", _trial_error_text(trial))
+        end = ("error", _trial_error_text(trial))
+        self._add_unwritten(trial, lambda record: setattr(record, "end", end))
 
-    def _unwritten_for(self, trial) -> _Unwritten:  # noqa: ANN001
-        """The trial's not-yet-written record, queuing the job that writes it if there is none."""
+    def _add_unwritten(self, trial, add: Callable[[_Unwritten], None]) -> None:  # noqa: ANN001
+        """Add to the trial's not-yet-written record, queuing the job that writes it if there is
+        none; under the lock, so nothing lands in a record the writer has already taken."""
         with self._unwritten_lock:
             record = self._unwritten.get(trial.trial_id)
             if record is None:
                 record = self._unwritten[trial.trial_id] = _Unwritten()
                 self._submit(f"writing the results of trial {trial.trial_id}", lambda: self._write_unwritten(trial))
-            return record
+            add(record)
 
     def _write_unwritten(self, trial) -> None:  # noqa: ANN001
         """One batch for everything the trial reported since the last write (per-epoch metrics,
