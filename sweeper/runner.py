@@ -388,8 +388,8 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     finally:
         failed_writes = tracking.flush_all()  # MLflow is written on a background thread: let it finish
         if failed_writes:
-            print(f"warning: {len(failed_writes)} MLflow writes failed (listed above); the trials' results are "
-                  f"also in {exp_dir} (result.json per trial)")
+            print(f"warning: {len(failed_writes)} MLflow writes failed (the first ones are printed above); "
+                  f"the trials' results are also in {exp_dir} (result.json per trial)")
         if started_ray:  # a local Ray stops here, not at interpreter exit (~1 s faster)
             import ray
 

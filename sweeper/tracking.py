@@ -122,6 +122,8 @@ def finish_sweep_run(uri: str, run_id: str, best: dict[str, Any] | None, status:
     c.set_terminated(run_id, status)
 
 
+#: failed MLflow writes printed as they happen; the rest are counted in the launch's summary
+MAX_PRINTED_ERRORS = 5
 #: loggers with writes in flight, so the runner can wait for all of them (Tune restores its own copy)
 _LIVE: "weakref.WeakSet[MLflowTrialLogger]" = weakref.WeakSet()
 
@@ -161,7 +163,7 @@ class MLflowTrialLogger(Callback):
         self._init_writer()
 
     def _init_writer(self) -> None:
-        self._lock = threading.Lock()  # held by each write, and while Tune pickles this object
+        self._lock = threading.Lock()  # held by each write
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
         self._errors: list[str] = []
@@ -171,18 +173,17 @@ class MLflowTrialLogger(Callback):
         self._unwritten_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        with self._lock:  # not halfway through a write: the maps are consistent
-            state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()
-                     if k not in ("_lock", "_pool", "_pending", "_errors", "_unwritten", "_unwritten_lock")}
-        state["_client"] = None
-        state["_fresh"] = False  # what Tune restores may meet trials whose runs exist
+        # Tune pickles this into its experiment state from its loop: no lock, so a slow write
+        # (a tracking server retrying) never holds the loop up. The writer's maps are not kept:
+        # writes still queued at the snapshot land after it, so a restored logger asks MLflow,
+        # by tag, what each trial's run holds.
+        state = {k: v for k, v in dict(self.__dict__).items()
+                 if k not in ("_lock", "_pool", "_pending", "_errors", "_unwritten", "_unwritten_lock")}
+        state.update(runs={}, last_epoch={}, _client=None, _fresh=False)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        # MLflow, not the snapshot, says what each run holds: writes still queued when Tune took
-        # the snapshot landed after it, so every trial is looked up again (by tag) on first sight
-        self.runs, self.last_epoch = {}, {}
         self._init_writer()
 
     def _submit(self, what: str, job: Callable[[], None]) -> None:
@@ -200,7 +201,11 @@ class MLflowTrialLogger(Callback):
             except Exception as exc:  # noqa: BLE001 - a tracking failure must not end the sweep
                 message = f"MLflow ({self.uri}): {what} failed: {type(exc).__name__}: {str(exc)[:500]}"
                 self._errors.append(message)
-                print(f"sweeper: {message}", file=sys.stderr, flush=True)
+                if len(self._errors) <= MAX_PRINTED_ERRORS:  # a store that is down fails every write
+                    print(f"sweeper: {message}", file=sys.stderr, flush=True)
+                elif len(self._errors) == MAX_PRINTED_ERRORS + 1:
+                    print("sweeper: more MLflow writes are failing; not printing them (the count comes at the end)",
+                          file=sys.stderr, flush=True)
 
     def flush(self) -> list[str]:
         """Wait for every write submitted so far; returns the writes that failed so far."""

@@ -138,3 +138,28 @@ def test_a_failed_write_is_reported_and_the_next_ones_still_land(
     assert tracking.flush_all() == errors  # what the runner prints after the sweep
     statuses = {r.data.tags["sweeper.trial_id"]: r.data.tags["sweeper.status"] for r in _trial_runs(logger)}
     assert statuses == {"ok": "finished"}
+
+
+def test_a_store_that_keeps_failing_is_not_printed_write_by_write(
+        logger: tracking.MLflowTrialLogger, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = _trial(tmp_path, "gone")
+    logger.on_trial_start(0, [], gone)
+    logger.flush()
+    tracking.client(logger.uri).delete_run(logger.runs["gone"])
+    failures = tracking.MAX_PRINTED_ERRORS + 3
+    for epoch in range(1, failures + 1):
+        logger.on_trial_result(epoch, [], gone, {"score": 0.5, "epoch": epoch, "training_iteration": epoch})
+        logger.flush()  # one write per result
+    assert len(logger.flush()) == failures
+    err = capsys.readouterr().err
+    assert err.count("writing the results of trial gone failed") == tracking.MAX_PRINTED_ERRORS
+    assert err.count("not printing them") == 1
+
+
+def test_pickling_does_not_wait_for_a_write_in_progress(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
+    """Tune snapshots its callbacks from its loop; a write stuck on the store must not hold that up."""
+    done = threading.Event()
+    with logger._lock:  # a write in progress
+        worker = threading.Thread(target=lambda: (pickle.dumps(logger), done.set()))
+        worker.start()
+        assert done.wait(timeout=30), "pickling waited for the writer"
