@@ -192,16 +192,18 @@ def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path: 
     sweep = write_sweep(tmp_path, "killed", n=4, conc=2, ckpt_s=0)
     proc = subprocess.Popen([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rung_file = tmp_path / "runs" / "killed" / "asha_rungs.json"
     deadline = time.time() + 240
     while time.time() < deadline:
-        if len({p.parent for p in (tmp_path / "runs" / "killed").glob("*/checkpoint_*")}) >= 2:
+        # two trials have saved a checkpoint and the driver has processed a result (ASHA wrote its
+        # rungs): a worker persists its checkpoint before the driver sees the report
+        if len({p.parent for p in (tmp_path / "runs" / "killed").glob("*/checkpoint_*")}) >= 2 and rung_file.is_file():
             break
         time.sleep(0.5)
     proc.kill()
     proc.wait(timeout=30)
     before = {r.data.tags["sweeper.trial_id"]: r for r in trial_runs(tmp_path, "killed")}
     assert before and any(r.data.tags["sweeper.status"] == "running" for r in before.values())
-    rung_file = tmp_path / "runs" / "killed" / "asha_rungs.json"
     rungs_before = json.loads(rung_file.read_text())["brackets"][0]
     assert any(recorded for _, recorded in rungs_before)
 
