@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,9 +164,7 @@ class MLflowTrialLogger(Callback):
         self._init_writer()
 
     def _init_writer(self) -> None:
-        self._lock = threading.Lock()  # held by each write
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
+        self._pool: ThreadPoolExecutor | None = None  # one worker: jobs run in submission order
         self._errors: list[str] = []
         # trial_id -> what it reported that is not written yet; a trial has an entry exactly
         # while a job that will write it is queued
@@ -179,7 +177,7 @@ class MLflowTrialLogger(Callback):
         # writes still queued at the snapshot land after it, so a restored logger asks MLflow,
         # by tag, what each trial's run holds.
         state = {k: v for k, v in dict(self.__dict__).items()
-                 if k not in ("_lock", "_pool", "_pending", "_errors", "_unwritten", "_unwritten_lock")}
+                 if k not in ("_pool", "_errors", "_unwritten", "_unwritten_lock")}
         state.update(runs={}, last_epoch={}, _client=None, _fresh=False)
         return state
 
@@ -199,26 +197,25 @@ class MLflowTrialLogger(Callback):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweeper-mlflow")
             _LIVE.add(self)
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(self._run_job, what, job))
+        self._pool.submit(self._run_job, what, job)
 
     def _run_job(self, what: str, job: Callable[[], None]) -> None:
-        with self._lock:
-            try:
-                job()
-            except Exception as exc:  # noqa: BLE001 - a tracking failure must not end the sweep
-                message = f"MLflow ({self.uri}): {what} failed: {type(exc).__name__}: {str(exc)[:500]}"
-                self._errors.append(message)
-                if len(self._errors) <= MAX_PRINTED_ERRORS:  # a store that is down fails every write
-                    print(f"sweeper: {message}", file=sys.stderr, flush=True)
-                elif len(self._errors) == MAX_PRINTED_ERRORS + 1:
-                    print("sweeper: more MLflow writes are failing; not printing them (the count comes at the end)",
-                          file=sys.stderr, flush=True)
+        try:
+            job()
+        except Exception as exc:  # noqa: BLE001 - a tracking failure must not end the sweep
+            message = f"MLflow ({self.uri}): {what} failed: {type(exc).__name__}: {str(exc)[:500]}"
+            self._errors.append(message)
+            if len(self._errors) <= MAX_PRINTED_ERRORS:  # a store that is down fails every write
+                print(f"sweeper: {message}", file=sys.stderr, flush=True)
+            elif len(self._errors) == MAX_PRINTED_ERRORS + 1:
+                print("sweeper: more MLflow writes are failing; not printing them (the count comes at the end)",
+                      file=sys.stderr, flush=True)
 
     def flush(self) -> list[str]:
-        """Wait for every write submitted so far; returns the writes that failed so far."""
-        wait(list(self._pending))
-        self._pending = []
+        """Wait for every write submitted so far (the single worker reaches this marker only
+        after them); returns the writes that failed so far."""
+        if self._pool is not None:
+            self._pool.submit(lambda: None).result()
         return list(self._errors)
 
     @property
@@ -266,8 +263,7 @@ class MLflowTrialLogger(Callback):
         run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
         full = flatten(trial_config(self.sweep, params))
         logged = [Param(k, str(v)[:6000]) for k, v in full.items() if not SECRET_NAME.search(k)]
-        for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
-            self.c.log_batch(run.info.run_id, params=logged[i:i + 100])
+        self.c.log_batch(run.info.run_id, params=logged)  # split by MlflowClient past 100 params
         self.c.log_dict(run.info.run_id, redact(trial_config(self.sweep, params)), "trial_config.json")
         return run.info.run_id
 
@@ -328,8 +324,8 @@ class MLflowTrialLogger(Callback):
             tags += [RunTag("sweeper.status", "diverged" if diverged else "failed"),
                      RunTag("sweeper.error", _last_line(detail)[:5000])]
         tags = list({t.key: t for t in tags}.values())  # the latest value of each tag
-        for i in range(0, max(len(metrics), len(tags)), 1000):  # MLflow: <= 1000 metrics, 100 tags a batch
-            self.c.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+        if metrics or tags:  # MlflowClient splits a batch over MLflow's per-call limits itself
+            self.c.log_batch(run_id, metrics=metrics, tags=tags)
         self.last_epoch[run_id] = last
         if kind == "error":
             self.c.log_text(run_id, detail, "error.txt")

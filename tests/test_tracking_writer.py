@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pickle
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,18 @@ def _run_trial(logger: tracking.MLflowTrialLogger, trial: Trial, epochs: int = 3
     logger.on_trial_complete(epochs, [], trial)
 
 
+@contextmanager
+def _writer_held(logger: tracking.MLflowTrialLogger) -> Iterator[None]:
+    """The writer thread busy on a write that takes as long as the block: what a slow commit or
+    a tracking-server round trip looks like to Tune's loop."""
+    gate = threading.Event()
+    logger._submit("a slow write", gate.wait)
+    try:
+        yield
+    finally:
+        gate.set()
+
+
 def _trial_runs(logger: tracking.MLflowTrialLogger) -> list:
     return tracking.client(logger.uri).search_runs([logger.experiment_id], "tags.`sweeper.kind` = 'trial'")
 
@@ -76,7 +90,7 @@ def test_callbacks_return_while_the_store_is_busy(logger: tracking.MLflowTrialLo
     """Tune's loop never waits for MLflow: with the writer held up, a whole trial's callbacks
     still return, and the writes land once it is free."""
     done = threading.Event()
-    with logger._lock:  # what a slow commit or a tracking-server round trip looks like to the loop
+    with _writer_held(logger):
         worker = threading.Thread(target=lambda: (_run_trial(logger, _trial(tmp_path, "busy")), done.set()))
         worker.start()
         assert done.wait(timeout=30), "the callbacks waited for the store"
@@ -91,7 +105,7 @@ def test_a_backlog_goes_out_as_one_batch_per_trial(logger: tracking.MLflowTrialL
     batches = []
     real = logger.c.log_batch
     logger.c.log_batch = lambda run_id, **kw: (batches.append(kw), real(run_id, **kw))[1]  # counts, then writes
-    with logger._lock:
+    with _writer_held(logger):
         _run_trial(logger, _trial(tmp_path, "late"))
     assert logger.flush() == []
     with_metrics = [b for b in batches if b.get("metrics")]
@@ -114,7 +128,7 @@ def test_a_pickled_logger_continues_the_same_runs(logger: tracking.MLflowTrialLo
     assert logger.flush() == []
 
     restored = pickle.loads(snapshot)
-    assert restored._fresh is False and restored._pending == []
+    assert restored._fresh is False and restored._pool is None
     restored.on_trial_result(1, [], trial, first)  # replayed after the restore: not logged again
     _run_trial(restored, trial)
     assert restored.flush() == []
@@ -159,7 +173,26 @@ def test_a_store_that_keeps_failing_is_not_printed_write_by_write(
 def test_pickling_does_not_wait_for_a_write_in_progress(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
     """Tune snapshots its callbacks from its loop; a write stuck on the store must not hold that up."""
     done = threading.Event()
-    with logger._lock:  # a write in progress
+    with _writer_held(logger):  # a write in progress
         worker = threading.Thread(target=lambda: (pickle.dumps(logger), done.set()))
         worker.start()
         assert done.wait(timeout=30), "pickling waited for the writer"
+
+
+def test_a_backlog_larger_than_one_mlflow_batch_is_split(logger: tracking.MLflowTrialLogger, tmp_path: Path) -> None:
+    """MLflow's store takes at most 1000 metrics and tags per call: a backlog of 1,203 metrics
+    (3 epochs) plus the status tag still lands whole."""
+    trial = _trial(tmp_path, "wide")
+    with _writer_held(logger):
+        logger.on_trial_start(0, [], trial)
+        for epoch in (1, 2, 3):
+            result = {**{f"ap/c{i}": i / 1000 for i in range(400)}, "epoch": epoch, "training_iteration": epoch}
+            trial.update_last_result(result)
+            logger.on_trial_result(epoch, [], trial, result)
+        logger.on_trial_complete(3, [], trial)
+    assert logger.flush() == []
+    run = _trial_runs(logger)[0]
+    assert run.data.tags["sweeper.status"] == "finished"
+    c = tracking.client(logger.uri)
+    for name in ("ap/c0", "ap/c399"):
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, name)) == [1, 2, 3]
