@@ -31,8 +31,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-from results_io import RESULTS, ROOT, bench_env, environment, launch_sweep, remove_work, write_result
+from common import demo_sweep, launch_sweep
+from results_io import RESULTS, bench_env, environment, remove_work, write_result
+
+from sweeper.rungs import asha_rungs
 
 OBJECTIVE = "map50"
 
@@ -44,49 +46,20 @@ def learning_rates(n: int, low: float = 1e-4, high: float = 1e-2) -> list[float]
     return [float(f"{low * (high / low) ** (i / (n - 1)):.3g}") for i in range(n)]
 
 
-def sweep_yaml(name: str, scheduler: dict[str, Any], lrs: list[float], data: Path, *, epochs: int,
-               resolution: int, concurrent: int) -> str:
-    """The demo sweep's task, model and post settings, with a grid over `lrs` and `scheduler`."""
-    demo = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
-    base = demo["base"]
-    base["train"] = {**base["train"], "epochs": epochs, "resolution": resolution, "optimizer": "adamw", "seed": 0}
-    doc = {
-        "name": name, "task": "detection",
-        "data": {"format": "coco", "train": str(data / "train.json"), "val": str(data / "val.json"),
-                 "images": str(data / "images")},
-        "base": base,
-        "search": {"train.lr": {"grid": lrs}},
-        "objective": {"metric": OBJECTIVE, "mode": "max"},
-        "search_alg": {"name": "grid", "seed": 0},
-        "scheduler": scheduler,
-        "budget": {"num_samples": 1, "max_concurrent": concurrent},
-        "resources": {"cpu": 1, "gpu": 0},
-        "tracking": {"uri": "sqlite:///mlruns.db"},
-        "storage": "runs",
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-def asha_milestones(max_t: int, grace: int, rf: int) -> list[int]:
-    """Ray's ASHA rungs below max_t (ray.tune.schedulers.async_hyperband), ascending."""
-    rungs = int(math.log(max_t / grace) / math.log(rf) + 1)
-    return sorted(m for m in (grace * rf ** k for k in range(rungs)) if m < max_t)
-
-
 def sha_replay(curves: list[dict[int, float]], max_t: int, grace: int, rf: int) -> dict[str, Any]:
     """Synchronous successive halving replayed on known curves: every trial trains to the first
     rung, the best 1/rf (at least one) go on to the next, ... the last ones to max_t. Returns
     its trial-epochs and the best final objective it would have kept."""
     alive = list(range(len(curves)))
     trained, reached = 0, 0
-    for milestone in [*asha_milestones(max_t, grace, rf), max_t]:
+    for milestone in [*asha_rungs(grace, rf, max_t), max_t]:
         trained += len(alive) * (milestone - reached)
         reached = milestone
         if milestone < max_t:
             alive.sort(key=lambda i: curves[i].get(milestone, float("-inf")), reverse=True)
             alive = alive[:max(1, len(alive) // rf)]
     best = max(curves[i].get(max_t, float("-inf")) for i in alive)
-    return {"rungs": asha_milestones(max_t, grace, rf), "trial_epochs": trained,
+    return {"rungs": asha_rungs(grace, rf, max_t), "trial_epochs": trained,
             "fraction_of_fifo": round(trained / (len(curves) * max_t), 3), "best_final": best}
 
 
@@ -101,7 +74,7 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 
 def read_trials(uri: str, name: str) -> list[dict[str, Any]]:
     """Per trial of the sweep's launch: lr, status and the objective per epoch (from MLflow)."""
-    from sweeper.tracking import report_data
+    from sweeper.store import report_data
 
     out = []
     for t in report_data(uri, name)["trials"]:
@@ -165,9 +138,9 @@ def main() -> None:
     for kind, scheduler in (("fifo", {"name": "fifo"}),
                             ("asha", {"name": "asha", "grace_period": grace, "reduction_factor": rf})):
         name = f"bench-asha-{kind}"
-        text = sweep_yaml(name, scheduler, lrs, work / "data", epochs=args.epochs, resolution=args.resolution,
-                          concurrent=args.concurrent)
-        child = launch_sweep(text, work, file_name=f"{name}.yaml", env=env)
+        doc = demo_sweep(name, work / "data", lrs=lrs, scheduler=scheduler, epochs=args.epochs,
+                         resolution=args.resolution, concurrent=args.concurrent, objective=OBJECTIVE)
+        child = launch_sweep(doc, work, file_name=f"{name}.yaml", env=env)
         trials = read_trials(f"sqlite:///{work / 'mlruns.db'}", name)
         crashed = [t for t in trials if t["status"] == "failed"]  # "diverged" (NaN loss) is a result
         if crashed:
@@ -199,7 +172,7 @@ def analyze(runs: dict[str, Any], args: argparse.Namespace, grace: int, rf: int,
         "benchmark": "asha", "objective": OBJECTIVE,
         "configs": args.configs, "learning_rates": lrs, "epochs": args.epochs, "resolution": args.resolution,
         "images": args.images, "image_size": args.size, "concurrent": args.concurrent, "threads_per_trial": 1,
-        "grace_period": grace, "reduction_factor": rf, "rungs": asha_milestones(args.epochs, grace, rf),
+        "grace_period": grace, "reduction_factor": rf, "rungs": asha_rungs(grace, rf, args.epochs),
         "quick": args.quick,
         "fifo": fifo, "asha": asha,
         "asha_over_fifo_trial_epochs": round(epoch_ratio, 3),

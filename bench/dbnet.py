@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from results_io import write_result  # bench/ is on sys.path when run as a script
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import dbnet_config, make_task, train_epochs
+from results_io import RESULTS, write_result  # bench/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -30,34 +29,26 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32, help="synthetic receipts (3/4 train, 1/4 val)")
     ap.add_argument("--resolution", type=int, default=640)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dbnet.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "dbnet.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from sweeper.schema import DBNetBase
     from sweeper.tasks.dbnet.synth import make_synthetic_receipts
-    from sweeper.tasks.dbnet.task import DBNetTask
 
     data = make_synthetic_receipts(Path(tempfile.mkdtemp(prefix="dbnet-bench-")), images=args.images,
                                    size=args.resolution, seed=0)
-    cfg = DBNetBase().model_dump()
-    cfg["model"].update(backbone="resnet18", decoder="unet", channels=64)
-    cfg["train"].update(epochs=2, batch_size=4, resolution=args.resolution, warmup_epochs=0)
-    cfg.update(task="dbnet", data={"format": "ufo", "train": data["train"], "val": data["val"],
-                                   "images": data["images"]}, eval_grid={}, objective_metric="hmean")
-    task = DBNetTask(cfg)
-    task.train_one_epoch(1)
-    train = task.train_one_epoch(2)
+    task = make_task(dbnet_config(data, epochs=2, resolution=args.resolution, warmup_epochs=0))
+    train = train_epochs(task, 2)["train"]
 
     from sweeper.tasks.dbnet.task import POST_KEYS
     from sweeper.tasks.training import best_over_grid
 
-    defaults = {f"post.{k}": task.post[k] for k in POST_KEYS}
+    defaults = {f"post.{k}": getattr(task.cfg.post, k) for k in POST_KEYS}
 
     def post_and_metric(maps: list, grid: dict) -> float:
         t0 = time.perf_counter()
         best_over_grid(grid, defaults, lambda p: task._score(maps, {k.removeprefix("post."): v for k, v in p.items()}),
-                       "hmean")
+                       task.cfg.objective.metric, task.cfg.objective.mode)
         return time.perf_counter() - t0
 
     task.predict_maps()  # warm-up

@@ -37,7 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from results_io import RESULTS, bench_env, environment, launch_sweep, remove_work, run_child, write_result
+from common import launch_sweep
+from results_io import RESULTS, bench_env, environment, remove_work, run_child, write_result
 
 SWEEP = """
 name: bench-dispatch-{n}
@@ -121,12 +122,13 @@ def mlflow_write_ms(sweep_file: Path, trials: int, epochs: int, store: Path) -> 
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
+    from sweeper import store as mlflow_store
     from sweeper import tracking
     from sweeper.config import load_sweep
 
     sweep = load_sweep(sweep_file, [f"tracking.uri=sqlite:///{store / 'mlflow-bench.db'}"], cwd=sweep_file.parent)
     t0 = time.perf_counter()
-    parent = tracking.start_sweep_run(sweep, "bench")
+    parent = mlflow_store.start_sweep_run(sweep, "bench")
     setup_s = time.perf_counter() - t0
     logger = tracking.MLflowTrialLogger(sweep, parent)
     per_trial, in_loop = [], []

@@ -23,10 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from results_io import environment, write_result  # bench/ is on sys.path when run as a script
+from results_io import RESULTS, environment, write_result  # bench/ is on sys.path when run as a script
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 CLASSES = 20
 
 

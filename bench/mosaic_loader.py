@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from results_io import write_result  # bench/ is on sys.path when run as a script
-
-ROOT = Path(__file__).resolve().parents[1]
+from results_io import RESULTS, write_result  # bench/ is on sys.path when run as a script
 
 SETTINGS = {
     "plain": {},
@@ -37,7 +35,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=640)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mosaic_loader.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "mosaic_loader.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -18,50 +18,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from results_io import write_result  # bench/ is on sys.path when run as a script
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-
-SWEEP = """
-name: bench-overhead
-task: detection
-data: {{train: data/train.json, val: data/val.json, images: data/images}}
-base:
-  model: {{arch: retinanet, backbone: resnet18, fpn_channels: 64}}
-  train: {{epochs: {epochs}, batch_size: 4, resolution: {size}, warmup_epochs: 0.5, seed: 0}}
-search:
-  train.lr: {{grid: {lrs}}}
-objective: {{metric: map50, mode: max}}
-search_alg: {{name: grid}}
-scheduler: {{name: fifo}}
-budget: {{num_samples: 1, max_concurrent: {conc}}}
-resources: {{cpu: {cpu}}}
-"""
+from common import launch_sweep, run_plain_trials, trial_configs, write_sweep
+from results_io import RESULTS, bench_env, environment, write_result  # bench/ is on sys.path when run as a script
 
 
-def plain_trial(args: tuple[dict, int]) -> float:
-    """One trial as a plain loop of the task code; returns its wall time."""
-    cfg, threads = args
-    import torch
-
-    torch.set_num_threads(threads)
-    from sweeper.tasks.detection.task import DetectionTask
-
-    t0 = time.perf_counter()
-    task = DetectionTask(cfg, device="cpu")
-    for epoch in range(1, cfg["train"]["epochs"] + 1):
-        task.train_one_epoch(epoch)
-        task.evaluate()
-    return time.perf_counter() - t0
+def sweep_doc(*, epochs: int, size: int, lrs: list[float], concurrent: int, cpu: int) -> dict:
+    """RetinaNet on a timm resnet18 over ./data (synthetic, `size` px), a FIFO grid over `lrs`."""
+    return {
+        "name": "bench-overhead", "task": "detection",
+        "data": {"train": "data/train.json", "val": "data/val.json", "images": "data/images"},
+        "base": {"model": {"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 64},
+                 "train": {"epochs": epochs, "batch_size": 4, "resolution": size, "warmup_epochs": 0.5, "seed": 0}},
+        "search": {"train.lr": {"grid": lrs}},
+        "objective": {"metric": "map50", "mode": "max"},
+        "search_alg": {"name": "grid"},
+        "scheduler": {"name": "fifo"},
+        "budget": {"num_samples": 1, "max_concurrent": concurrent},
+        "resources": {"cpu": cpu},
+    }
 
 
 def ray_startup_s(env: dict[str, str]) -> float:
@@ -83,17 +63,15 @@ def main() -> None:
     if args.quick:
         args.trials, args.epochs, args.images, args.size = 2, 2, 12, 64
 
-    from sweeper.config import load_sweep, trial_config
     from sweeper.tasks.detection.synth import make_synthetic_coco
 
     work = Path(tempfile.mkdtemp(prefix="sweeper-bench-"))
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = bench_env()
     make_synthetic_coco(work / "data", images=args.images, size=args.size, seed=0)
     lrs = [round(0.02 / 1.5 ** i, 6) for i in range(args.trials)]
     cpu = max(1, (os.cpu_count() or 2) // args.concurrent)
-    sweep_file = work / "bench.yaml"
-    sweep_file.write_text(SWEEP.format(epochs=args.epochs, size=args.size, lrs=lrs, conc=args.concurrent, cpu=cpu))
+    doc = sweep_doc(epochs=args.epochs, size=args.size, lrs=lrs, concurrent=args.concurrent, cpu=cpu)
+    sweep_file = write_sweep(doc, work / "bench.yaml")
 
     # as on any machine that has launched a sweep before: timm's model names are cached, so the
     # driver checks backbones without importing torch (sweeper/tasks/backbones.py)
@@ -103,20 +81,16 @@ def main() -> None:
     startup = ray_startup_s(env)
     print(f"ray.init() cold start: {startup:.1f} s")
 
-    sweep = load_sweep(sweep_file, cwd=work)
-    configs = [trial_config(sweep, {"train.lr": lr}) for lr in lrs]
+    configs = trial_configs(sweep_file, [{"train.lr": lr} for lr in lrs], cwd=work)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.concurrent) as pool:
-        trial_walls = list(pool.map(plain_trial, [(c, cpu) for c in configs]))
+    trial_walls = [r["wall_s"] for r in run_plain_trials(configs, args.concurrent, threads=cpu, evaluate=True)]
     plain = time.perf_counter() - t0
     print(f"plain loops: {plain:.1f} s (trials {', '.join(f'{w:.0f}' for w in trial_walls)} s)")
 
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", str(sweep_file)], cwd=work, env=env,
-                          capture_output=True, text=True)
-    swept = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"sweeper launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    try:
+        swept = launch_sweep(doc, work, file_name=sweep_file.name, env=env)["wall_s"]
+    except RuntimeError as exc:
+        sys.exit(f"sweeper launch failed:\n{exc}")
     print(f"sweeper launch: {swept:.1f} s")
 
     result = {
@@ -125,7 +99,7 @@ def main() -> None:
         "mean_trial_s": round(sum(trial_walls) / len(trial_walls), 1),
         "trials": args.trials, "epochs": args.epochs, "concurrent": args.concurrent, "threads_per_trial": cpu,
         "images": args.images, "size": args.size, "quick": args.quick,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "python": platform.python_version(),
+        **{key: value for key, value in environment().items() if key in ("machine", "python")},
     }
     write_result(result, args.out)
 

@@ -33,33 +33,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-from results_io import RESULTS, ROOT, bench_env, environment, launch_sweep, remove_work, write_result
-
-
-def sweep_yaml(name: str, data: Path, *, lrs: list[float], epochs: int, resolution: int, cpu: float, gpu: float,
-               concurrent: int, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> str:
-    """The demo sweep's task and model (or `model`), FIFO over a grid of `lrs`."""
-    demo = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
-    base = demo["base"]
-    if model:
-        base["model"] = model
-    base["train"] = {**base["train"], "epochs": epochs, "resolution": resolution, "optimizer": "adamw", "seed": 0,
-                     **(train or {})}
-    doc = {
-        "name": name, "task": "detection",
-        "data": {"format": "coco", "train": str(data / "train.json"), "val": str(data / "val.json"),
-                 "images": str(data / "images")},
-        "base": base, "search": {"train.lr": {"grid": lrs}},
-        "objective": {"metric": "map50", "mode": "max"}, "search_alg": {"name": "grid", "seed": 0},
-        "scheduler": {"name": "fifo"}, "budget": {"num_samples": 1, "max_concurrent": concurrent},
-        "resources": {"cpu": cpu, "gpu": gpu}, "tracking": {"uri": "sqlite:///mlruns.db"}, "storage": "runs",
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
+from common import demo_sweep, launch_sweep, run_plain_trials, trial_configs
+from results_io import RESULTS, bench_env, environment, remove_work, write_result
 
 
 def read_results(experiment: Path) -> list[list[dict[str, Any]]]:
@@ -85,28 +63,14 @@ def throughput(trials: list[list[dict[str, Any]]], wall_s: float) -> dict[str, A
     }
 
 
-def _plain_epoch(args: tuple[dict[str, Any], int]) -> float:
-    """One training epoch of the task with `threads` torch threads; returns images/s."""
-    cfg, threads = args
-    import torch
-
-    torch.set_num_threads(threads)
-    from sweeper.tasks.detection.task import DetectionTask
-
-    return DetectionTask(cfg).train_one_epoch(1)["train/images_per_s"]
-
-
 def oversubscription(sweep_file: Path, work: Path, procs: int) -> dict[str, Any]:
     """`procs` plain training processes with 1 thread each against CPUs threads each."""
-    from sweeper.config import load_sweep, trial_config
-
-    sweep = load_sweep(sweep_file, cwd=work)
-    cfg = trial_config(sweep, {"train.lr": 1e-3})
+    (cfg,) = trial_configs(sweep_file, [{"train.lr": 1e-3}], cwd=work)
     out = {}
     for threads in (1, os.cpu_count() or 1):
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(procs) as pool:
-            rates = list(pool.map(_plain_epoch, [(cfg, threads)] * procs))
+        runs = run_plain_trials([cfg] * procs, procs, threads=threads, epochs=1)
+        rates = [r["train"]["train/images_per_s"] for r in runs]
         out[f"{procs}x{threads}_threads"] = {"wall_s": round(time.perf_counter() - t0, 1),
                                              "train_images_per_s_total": round(sum(rates), 2)}
     return out
@@ -157,10 +121,10 @@ def gpu_part(work: Path, env: dict[str, str], epochs: int) -> dict[str, Any]:
         for amp in (True, False):
             name = f"bench-packing-gpu{per_gpu}-{'amp' if amp else 'fp32'}"
             lrs = [round(1e-3 * (i + 1), 6) for i in range(per_gpu)]
-            text = sweep_yaml(name, data, lrs=lrs, epochs=epochs, resolution=512, cpu=cpus, gpu=1 / per_gpu,
-                              concurrent=per_gpu, model=model, train={"batch_size": 8, "amp": amp})  # workers: auto
+            doc = demo_sweep(name, data, lrs=lrs, epochs=epochs, resolution=512, cpu=cpus, gpu=1 / per_gpu,
+                             concurrent=per_gpu, model=model, train={"batch_size": 8, "amp": amp})  # workers: auto
             with GpuMemoryPoller() as mem:
-                child = launch_sweep(text, work, file_name=f"{name}.yaml", env=env)
+                child = launch_sweep(doc, work, file_name=f"{name}.yaml", env=env)
             trials = read_results(work / "runs" / name)
             rates = [t[-1]["train/images_per_s"] for t in trials]
             rows.append({"trials_per_gpu": per_gpu, "amp": amp, "cpu_per_trial": cpus,
@@ -202,9 +166,9 @@ def main() -> None:
     cpu_rows = {}
     for concurrent, cpu in ((1, cpus), (cpus, 1)):
         name = f"bench-packing-{concurrent}x{cpu}"
-        text = sweep_yaml(name, work / "data", lrs=lrs, epochs=args.epochs, resolution=args.resolution, cpu=cpu,
-                          gpu=0, concurrent=concurrent)
-        child = launch_sweep(text, work, file_name=f"{name}.yaml", env=env)
+        doc = demo_sweep(name, work / "data", lrs=lrs, epochs=args.epochs, resolution=args.resolution, cpu=cpu,
+                         gpu=0, concurrent=concurrent)
+        child = launch_sweep(doc, work, file_name=f"{name}.yaml", env=env)
         key = f"{concurrent}_trials_x_{cpu}_threads"
         cpu_rows[key] = throughput(read_results(work / "runs" / name), child["wall_s"])
         print(name, cpu_rows[key], flush=True)

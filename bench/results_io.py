@@ -1,7 +1,7 @@
 """How every benchmark records a result: the figures plus where and when they were measured
 (the commit, the time, the machine and library versions), written as JSON under bench/results/
-and echoed to stdout. Also how the sweep benchmarks run `sweeper launch` as a user would: a
-child process, timed from start to exit, with the driver's peak memory read from /proc."""
+and echoed to stdout. Also how the benchmarks run a child process (`sweeper launch` as a user
+would, via common.launch_sweep): timed from start to exit, with its peak memory read from /proc."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -87,15 +86,6 @@ def run_child(argv: list[str], cwd: Path, env: dict[str, str] | None = None, pol
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} (in {cwd}) exited {proc.returncode}:\n{text[-4000:]}")
     return {"wall_s": wall, "peak_rss_mb": round(peak, 1), "returncode": proc.returncode, "output": text}
-
-
-def launch_sweep(sweep_yaml: str, workdir: Path, *, file_name: str = "sweep.yaml",
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write `sweep_yaml` into `workdir` and run `sweeper launch` on it from there (so relative
-    data, storage and tracking paths land in `workdir`); see run_child for what it returns."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / file_name).write_text(sweep_yaml)
-    return run_child([sys.executable, "-m", "sweeper.cli", "launch", file_name], workdir, env)
 
 
 def remove_work(work: Path, keep: bool) -> None:

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
-from results_io import RESULTS, ROOT, environment, remove_work, write_result
+from common import dbnet_config, demo_sweep, make_task, trial_configs, write_sweep
+from results_io import RESULTS, environment, remove_work, write_result
 
 
 def warmup_sgd_or_adamw(model: torch.nn.Module, train: dict[str, Any], iters_per_epoch: int):  # noqa: ANN201
@@ -76,7 +76,7 @@ def plain_epoch(loader: torch.utils.data.DataLoader, step: Callable[[Any], torch
 def compare(task: Any, loader: torch.utils.data.DataLoader, step: Callable[[Any], torch.Tensor],
             model: torch.nn.Module, epochs: int) -> dict[str, Any]:
     """Alternate task and plain epochs; images/s (median after the first), loader shares."""
-    opt, sched = warmup_sgd_or_adamw(model, dict(task.train_cfg), len(loader))
+    opt, sched = warmup_sgd_or_adamw(model, task.cfg.train.model_dump(), len(loader))
     b = int(task.train_loader.batch_size)
     n = len(task.train_ds) // b * b if task.train_loader.drop_last else len(task.train_ds)  # images an epoch trains
     task_rates, plain_rates, waits, task_epoch_s = [], [], [], []
@@ -110,22 +110,14 @@ def compare(task: Any, loader: torch.utils.data.DataLoader, step: Callable[[Any]
 
 
 def detection(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from sweeper.config import load_sweep, trial_config
     from sweeper.tasks import synthesize
     from sweeper.tasks.detection.data import collate_fn
-    from sweeper.tasks.detection.task import DetectionTask
 
     synthesize("detection", work / "shapes", images=args.images, size=args.resolution, seed=0)
-    demo = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
-    demo.update(search={}, scheduler={"name": "fifo"}, budget={"num_samples": 1}, storage=str(work / "runs"),
-                tracking={"uri": f"sqlite:///{work / 'mlruns.db'}"},
-                data={"format": "coco", "train": str(work / "shapes" / "train.json"),
-                      "val": str(work / "shapes" / "val.json"), "images": str(work / "shapes" / "images")})
-    demo["base"]["train"].update(epochs=args.epochs, resolution=args.resolution, optimizer="sgd", lr=0.01,
-                                 workers=args.workers, seed=0)
-    (work / "detection.yaml").write_text(yaml.safe_dump(demo))
-    cfg = trial_config(load_sweep(work / "detection.yaml", cwd=work), {})
-    task = DetectionTask(cfg)
+    doc = demo_sweep("bench-train-loop", work / "shapes", lrs=None, epochs=args.epochs, resolution=args.resolution,
+                     concurrent=1, train={"optimizer": "sgd", "lr": 0.01, "workers": args.workers})
+    (cfg,) = trial_configs(write_sweep(doc, work / "detection.yaml"), [{}], cwd=work)
+    task = make_task(cfg)
     model = copy.deepcopy(task.model)
     loader = torch.utils.data.DataLoader(task.train_ds, batch_size=int(cfg["train"]["batch_size"]), shuffle=True,
                                          num_workers=args.workers, collate_fn=collate_fn)
@@ -140,19 +132,13 @@ def detection(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def dbnet(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from sweeper.schema import DBNetBase
     from sweeper.tasks.dbnet.data import collate
     from sweeper.tasks.dbnet.synth import make_synthetic_receipts
-    from sweeper.tasks.dbnet.task import DBNetTask
 
     data = make_synthetic_receipts(work / "receipts", images=args.dbnet_images, size=args.dbnet_resolution, seed=0)
-    cfg = DBNetBase().model_dump()
-    cfg["model"].update(backbone="resnet18", decoder="unet", channels=64)
-    cfg["train"].update(epochs=args.epochs, batch_size=4, resolution=args.dbnet_resolution, warmup_epochs=0.5,
-                        workers=args.workers)
-    cfg.update(task="dbnet", data={"format": "ufo", "train": data["train"], "val": data["val"],
-                                   "images": data["images"]}, eval_grid={}, objective_metric="hmean")
-    task = DBNetTask(cfg)
+    cfg = dbnet_config(data, epochs=args.epochs, resolution=args.dbnet_resolution, warmup_epochs=0.5,
+                       workers=args.workers)
+    task = make_task(cfg)
     model, loss_fn = copy.deepcopy(task.model), copy.deepcopy(task.loss)
     loader = torch.utils.data.DataLoader(task.train_ds, batch_size=4, shuffle=True, num_workers=args.workers,
                                          collate_fn=collate, drop_last=len(task.train_ds) > 4)

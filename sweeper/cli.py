@@ -4,6 +4,7 @@
     sweeper validate sweeps/demo.yaml
     sweeper leaderboard demo [--top 10] [--format table|markdown|csv|json]
     sweeper eval --task detection --gt GT.json --pred PRED.json [--area-range tiny=0,16] [--backend B]
+    sweeper tasks
     sweeper report NAME [--out DIR]
     sweeper resume RUN_DIR_OR_NAME
     sweeper data synth --task detection --out DIR [--images N --size S --seed K]
@@ -29,7 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeper.cluster import cluster_app
-from sweeper.config import Sweep, SweepConfigError, load_sweep
+from sweeper.config import Sweep, SweepConfigError, check_paths, load_sweep
+from sweeper.registry import TASKS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter and ablation sweeps for detection models on Ray Tune + Optuna + MLflow.")
@@ -40,8 +42,7 @@ app.add_typer(cluster_app, name="cluster", help="Run a sweep on a cluster: rende
 console = Console(soft_wrap=True)  # paths and commands stay on one line, copy-pastable
 err_console = Console(stderr=True)
 DEFAULT_TRACKING = "sqlite:///mlruns.db"
-#: metrics the leaderboard table shows beside the objective (json/csv carry all of them)
-KEY_METRICS = ("map", "map50", "map_small", "hmean", "train/loss")
+DEFAULT_TASK = next(iter(TASKS))  # `--task` of eval and data synth: the first built-in task
 
 
 class Fmt(str, Enum):
@@ -120,10 +121,9 @@ def _plan_table(sweep: Sweep) -> str:
     max_t = sweep.max_t
     trials = sweep.num_trials
     if sched.name == "asha":
-        rungs, r = [], sched.grace_period
-        while r < max_t:
-            rungs.append(r)
-            r = int(round(r * sched.reduction_factor))
+        from sweeper.rungs import asha_rungs
+
+        rungs = asha_rungs(sched.grace_period, sched.reduction_factor, max_t)
         plan = (f"ASHA on `epoch`: rungs at epochs {rungs or [max_t]} (keep top 1/{sched.reduction_factor:g}), "
                 f"max_t {max_t}")
     else:
@@ -200,17 +200,15 @@ def launch(
     fresh: bool = typer.Option(False, "--fresh", help="Start over: move an existing experiment of this name aside."),
 ) -> None:
     """Run a sweep: Optuna proposes, ASHA stops weak trials, MLflow records every trial."""
-    sweep = _load(sweep_file, set_, check_data=not dry_run)
+    sweep = _load(sweep_file, set_, check_data=False)  # paths are checked once data exists (_run)
     if dry_run:
         print(_plan_table(sweep))
         console.print("dry run: nothing was started.")
         return
-    from shlex import quote
-
-    from sweeper.runner import experiment_path  # a URI keeps its ?query at the end; quoted for the shell
+    from shlex import quote  # a URI keeps its ?query at the end; quoted for the shell
 
     _run(sweep, sweep_file, address=address, fresh=fresh,
-         continue_cmd=f"sweeper resume {quote(experiment_path(sweep))}")
+         continue_cmd=f"sweeper resume {quote(sweep.experiment_dir)}")
 
 
 def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, continue_cmd: str) -> None:
@@ -218,13 +216,14 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
 
     try:
         tasks.prepare_data(sweep)
-        sweep = load_sweep(sweep_file, list(sweep.overrides), cwd=sweep.cwd)  # data now exists: check it
+        check_paths(sweep)  # the data now exists (generated if the sweep asks): check it
         outcome = runner.launch(sweep, address=address, fresh=fresh, preflight=lambda: tasks.check_sweep(sweep))
     except SweepConfigError as exc:
         _fail(exc)
     console.print(f"\n[bold]{outcome.name}[/]: {outcome.finished} finished, {outcome.stopped} stopped early "
                   f"by ASHA, {outcome.failed} failed of {outcome.num_trials} trials in {outcome.wall_s:.0f} s")
-    _print_board(sweep.spec.tracking.uri, sweep.name, top=10, fmt=Fmt.table)
+    if outcome.board is not None:
+        _show_board(outcome.board, top=10, fmt=Fmt.table)
     if outcome.failure_budget_hit:
         err_console.print(f"[bold red]stopped[/]: {outcome.failed} trials failed, more than "
                           f"budget.max_failed_trials ({sweep.spec.budget.max_failed_trials}); the errors are in the "
@@ -255,11 +254,11 @@ def resume(
     if not sweep_file.is_file():
         _fail(LookupError(f"{exp_dir}: the sweep file {sweep_file} it was launched from is gone"))
     try:
-        sweep = load_sweep(sweep_file, state.get("overrides", []), cwd=state.get("cwd"))
+        sweep = load_sweep(sweep_file, state.get("overrides", []), cwd=state.get("cwd"), check_data=False)
     except SweepConfigError as exc:
         _fail(exc)
-    if runner.experiment_path(sweep) != exp_dir:
-        _fail(LookupError(f"{exp_dir} does not match the sweep file's storage/name ({runner.experiment_path(sweep)})"))
+    if sweep.experiment_dir != exp_dir:
+        _fail(LookupError(f"{exp_dir} does not match the sweep file's storage/name ({sweep.experiment_dir})"))
     _run(sweep, sweep_file, address=address, fresh=False, continue_cmd=f"sweeper resume {run}")
 
 
@@ -273,8 +272,7 @@ def validate(
     from sweeper import tasks
 
     try:
-        if sweep.spec.data is None or sweep.spec.data.synth is None:
-            load_sweep(sweep_file, set_)
+        check_paths(sweep)  # a dataset `data.synth` generates on first launch may not exist yet
         tasks.check_sweep(sweep)
     except SweepConfigError as exc:
         _fail(exc)
@@ -318,54 +316,25 @@ def render_rows(rows: list[dict[str, Any]], columns: list[str], fmt: Fmt, title:
     return out.getvalue()
 
 
-def group_rows(board: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[str], str]:
-    """Leaderboard rows grouped by `key` (`variant`, or a searched key): mean ± 95% CI of the
-    objective at each trial's last epoch over finished trials; for an ablation's variants also
-    the difference to the baseline, its p (paired t by seed, else Welch; Holm-corrected)."""
-    from sweeper import stats
-
-    objective, mode = board["objective"], board["mode"]
-    done = [r for r in board["rows"] if r["status"] == "finished" and r.get("final") is not None]
-    if key == "variant" and board.get("ablation"):
-        groups: dict[str, dict[int, float]] = {}
-        for r in done:
-            groups.setdefault(r["variant"], {})[int(r["seed"])] = r["final"]
-        if "baseline" not in groups:
-            raise LookupError("no finished baseline trial yet: nothing to compare the variants with")
-        out = []
-        for row in stats.ablation_table(groups, "baseline", mode):
-            half = (row["ci_high"] - row["ci_low"]) / 2 if row["n"] > 1 else float("nan")
-            out.append({"variant": row["variant"], "n": row["n"], f"{objective} mean": row["mean"],
-                        "± 95% CI": half, "Δ vs baseline": row["diff"] if row["variant"] != "baseline" else None,
-                        "p (Holm)": row["p_holm"], "test": row["test"],
-                        "significant": ("yes" if row["significant"] else "no") if row["variant"] != "baseline" else ""})
-        return out, list(out[0]), f"{board['name']}: {objective} at the last epoch, per variant"
-    if not any(key in r for r in board["rows"]):
-        raise LookupError(f"--group {key}: trials have no {key!r}; group by variant (ablations) or one of "
-                          f"{', '.join(board['searched']) or 'the searched keys'}")
-    values: dict[Any, list[float]] = {}
-    for r in done:
-        values.setdefault(r.get(key), []).append(r["final"])
-    out = []
-    for value, finals in values.items():
-        s = stats.summarize(finals)
-        out.append({key: value, "n": s.n, f"{objective} mean": s.mean, "± 95% CI": (s.ci_high - s.ci_low) / 2})
-    out.sort(key=lambda r: r[f"{objective} mean"], reverse=mode == "max")
-    return out, [key, "n", f"{objective} mean", "± 95% CI"], f"{board['name']}: {objective} at the last epoch, per {key}"
-
-
-def _print_board(uri: str, name: str, top: int | None, fmt: Fmt, all_launches: bool = False,
-                 group: str | None = None) -> None:
-    from sweeper import tracking
+def _read_board(uri: str, name: str, top: int | None = None, all_launches: bool = False) -> dict[str, Any]:
+    from sweeper import store
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         _fail(LookupError(f"no MLflow store at {uri[len('sqlite:///'):]}: run from the directory you "
                           "launched in, or pass --tracking-uri"))
     try:
-        board = tracking.leaderboard(uri, name, top=top, all_launches=all_launches)
+        return store.leaderboard(uri, name, top=top, all_launches=all_launches)
     except LookupError as exc:
         _fail(exc)
+        raise  # unreachable
+
+
+def _show_board(board: dict[str, Any], top: int | None, fmt: Fmt, group: str | None = None) -> None:
+    """Print a leaderboard (rows best first), or its rows grouped by `group` with statistics."""
+    name = board["name"]
     if group:
+        from sweeper.reporting import group_rows
+
         try:
             grouped, columns, title = group_rows(board, group)
         except LookupError as exc:
@@ -376,17 +345,17 @@ def _print_board(uri: str, name: str, top: int | None, fmt: Fmt, all_launches: b
         else:
             print(render_rows(grouped, columns, fmt, title))
         return
-    rows = board["rows"]
+    rows = board["rows"][:top] if top else board["rows"]
     tags = ["variant", "seed"] if board.get("ablation") else []
     fixed = ["trial", "status", *tags, "epoch", board["objective"], *board.get("secondary", []), *board["searched"]]
     present = set(k for r in rows for k in r)
-    extra = [k for k in KEY_METRICS if k in present and k not in fixed]
+    extra = [k for k in board.get("columns", []) if k in present and k not in fixed]
     extra += sorted(k for k in present if k.startswith("best/") and k not in fixed)
     columns = fixed + extra + ["error"]
     if fmt == Fmt.csv:  # for scripts: every metric
         columns = fixed + sorted(present - set(fixed) - {"error", "run_id"}) + ["error", "run_id"]
     if fmt == Fmt.json:
-        print(json.dumps(board, indent=2, default=str))
+        print(json.dumps({**board, "rows": rows}, indent=2, default=str))
         return
     title = f"{name}: best {board['mode']} {board['objective']} first"
     print(render_rows(rows, columns, fmt, title))
@@ -405,7 +374,8 @@ def leaderboard(
     """Trials of a sweep from MLflow, best objective first (or grouped: --group variant)."""
     from sweeper.config import resolve_tracking_uri
 
-    _print_board(resolve_tracking_uri(tracking_uri, Path.cwd()), name, top, fmt, all_launches, group)
+    board = _read_board(resolve_tracking_uri(tracking_uri, Path.cwd()), name, top, all_launches)
+    _show_board(board, top, fmt, group)
 
 
 @app.command()
@@ -416,7 +386,7 @@ def report(
 ) -> None:
     """Write reports/NAME/report.md and report.html (ablation table with CIs and tests, curves,
     importances, Pareto front) and log them to the sweep's parent MLflow run."""
-    from sweeper import tracking
+    from sweeper import store
     from sweeper.config import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, Path.cwd())
@@ -426,13 +396,13 @@ def report(
     out_dir = out or Path("reports") / name
     progress = lambda msg: err_console.print(f"[dim]{msg} ...[/]", highlight=False)  # noqa: E731
     try:
-        data = tracking.report_data(uri, name, progress)
+        data = store.report_data(uri, name, progress)
     except LookupError as exc:
         _fail(exc)
     from sweeper.reporting import write_report
 
     paths = write_report(data, out_dir, progress)
-    tracking.log_report(uri, data["parent_run_id"], out_dir)
+    store.log_report(uri, data["parent_run_id"], out_dir)
     console.print(f"wrote {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures); "
                   f"also logged to MLflow run {data['parent_run_id']} under report/", highlight=False)
 
@@ -440,37 +410,34 @@ def report(
 # --------------------------------------------------------------------------- eval, data
 @app.command("eval")
 def eval_(
-    task: str = typer.Option("detection", "--task", help="detection (COCO) or dbnet (text polygons)."),
-    gt: Path = typer.Option(..., "--gt", help="Ground truth: COCO JSON; dbnet: folder/zip of gt_<name>.txt or UFO JSON."),
-    pred: Path = typer.Option(..., "--pred", help="Predictions: COCO results JSON; dbnet: folder/zip of <name>.txt or UFO JSON."),
-    metric: str = typer.Option("icdar15", "--metric", help="dbnet only: icdar15, cleval or cleval_per_image."),
-    backend: str = typer.Option("faster_coco_eval", "--backend",
-                                help="detection only: faster_coco_eval or pycocotools (same numbers)."),
-    area_range: list[str] = typer.Option([], "--area-range", help="detection only: NAME=LO,HI in sqrt-area px "
+    task: str = typer.Option(DEFAULT_TASK, "--task", help="The task whose evaluator scores the files "
+                             "(`sweeper tasks` lists them and their options)."),
+    gt: Path = typer.Option(..., "--gt", help="Ground truth: COCO JSON; text: folder/zip of gt_<name>.txt or UFO JSON."),
+    pred: Path = typer.Option(..., "--pred", help="Predictions: COCO results JSON; text: folder/zip of <name>.txt or UFO JSON."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Text tasks: icdar15 (default), cleval or cleval_per_image."),
+    backend: Optional[str] = typer.Option(None, "--backend",
+                                          help="COCO tasks: faster_coco_eval (default) or pycocotools (same numbers)."),
+    area_range: list[str] = typer.Option([], "--area-range", help="COCO tasks: NAME=LO,HI in sqrt-area px "
                                          "(repeatable), reported as map_NAME / ar_NAME."),
     fmt: EvalFmt = typer.Option(EvalFmt.table, "--format", help="table or json."),
 ) -> None:
     """Score a predictions file with exactly the evaluator a sweep uses."""
-    if task == "detection":
-        from sweeper.tasks.detection.coco_eval import CocoFormatError, evaluate_coco, load_coco_gt, load_detections
+    from sweeper.registry import get_spec
 
-        ranges = {}
-        for text in area_range:
-            name, _, bounds = text.partition("=")
-            try:
-                lo, hi = (float(v) for v in bounds.split(","))
-            except ValueError:
-                _fail(ValueError(f"--area-range: expected NAME=LO,HI (e.g. tiny=0,16), got {text!r}"))
-            ranges[name.strip()] = (lo, hi)
-        try:
-            metrics = evaluate_coco(load_coco_gt(gt), load_detections(pred), area_ranges=ranges or None,
-                                    backend=backend)
-        except (CocoFormatError, ValueError) as exc:
-            _fail(exc)
-    elif task == "dbnet":
-        metrics = _eval_text(gt, pred, metric)
-    else:
-        _fail(ValueError(f"--task: unknown task {task!r}; known: detection, dbnet"))
+    try:
+        spec = get_spec(task)
+        evaluate = spec.evaluate_files()
+    except LookupError as exc:
+        _fail(ValueError(f"--task: {exc.args[0]}"))
+    options = {"metric": metric, "backend": backend, "area_range": area_range}
+    unused = [f"--{k.replace('_', '-')}" for k, v in options.items() if v and k not in spec.eval_options]
+    if unused:
+        _fail(ValueError(f"{', '.join(unused)}: not an option of task {task!r}'s evaluator; it takes "
+                         f"{', '.join('--' + k.replace('_', '-') for k in spec.eval_options) or 'none'}"))
+    try:
+        metrics = evaluate(gt, pred, options)
+    except ValueError as exc:  # the readers' format errors are ValueErrors naming the file and field
+        _fail(exc)
     if fmt == EvalFmt.json:
         print(json.dumps(metrics, indent=2))
         return
@@ -478,26 +445,24 @@ def eval_(
     print(render_rows(rows, ["metric", "value"], Fmt.table, f"{pred.name} vs {gt.name}"))
 
 
-def _eval_text(gt: Path, pred: Path, metric: str) -> dict[str, float]:
-    from sweeper.tasks.dbnet.hmean import TextEvalFormatError, icdar15_hmean, load_text_eval_pairs
+@app.command("tasks")
+def tasks_() -> None:
+    """The registered tasks: what each trains, its data formats, metrics and eval-grid keys."""
+    from sweeper.registry import all_specs
 
-    fns = {"icdar15": icdar15_hmean}
-    if metric in ("cleval", "cleval_per_image"):
-        from sweeper.tasks.dbnet import cleval
-
-        fns = {"cleval": cleval.cleval, "cleval_per_image": cleval.cleval_per_image}
-    if metric not in fns:
-        _fail(ValueError(f"--metric: unknown metric {metric!r}; known: icdar15, cleval, cleval_per_image"))
-    try:
-        result = fns[metric](load_text_eval_pairs(gt, pred))
-    except TextEvalFormatError as exc:
-        _fail(exc)
-    return {k: float(result[k]) for k in ("precision", "recall", "hmean")}
+    rows = [{"task": t.name, "what": t.description, "data formats": ", ".join(t.data_formats) or "-",
+             "metrics": "any the script reports" if t.open_keys else
+             ", ".join([*t.metrics, *(f"{p}<name>" for p in t.metric_prefixes)]),
+             "eval_grid keys": ", ".join(t.eval_grid_keys) or "-",
+             "eval options": ", ".join(f"--{k.replace('_', '-')}" for k in t.eval_options) or "-"}
+            for t in all_specs()]
+    print(render_rows(rows, list(rows[0]), Fmt.table, "tasks"))
 
 
 @data_app.command("synth")
 def data_synth(
-    task: str = typer.Option("detection", "--task", help="detection (COCO shapes) or dbnet (UFO receipts)."),
+    task: str = typer.Option(DEFAULT_TASK, "--task", help="The task whose synthetic data to write "
+                             "(COCO shapes for detection, UFO receipts for dbnet)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     images: int = typer.Option(96, "--images", help="Images (train + val)."),
     size: int = typer.Option(128, "--size", help="Image side in pixels (dbnet: 256 is a good start)."),
@@ -508,7 +473,7 @@ def data_synth(
 
     try:
         info = synthesize(task, out, images=images, size=size, seed=seed)
-    except KeyError as exc:
+    except LookupError as exc:
         _fail(ValueError(f"--task: {exc.args[0]}"))
     console.print(json.dumps(info, indent=2, default=str), highlight=False)
 

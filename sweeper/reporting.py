@@ -664,3 +664,37 @@ def write_report(
                          encoding="utf-8")
     figures = [block[1] for block in blocks if block[0] == "figure"]
     return {"markdown": md_path, "html": html_path, "figures": figures}
+
+
+def group_rows(board: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[str], str]:
+    """Leaderboard rows grouped by `key` (`variant`, or a searched key): mean ± 95% CI of the
+    objective at each trial's last epoch over finished trials; for an ablation's variants also
+    the difference to the baseline, its p (paired t by seed, else Welch; Holm-corrected)."""
+    objective, mode = board["objective"], board["mode"]
+    done = [r for r in board["rows"] if r["status"] == "finished" and r.get("final") is not None]
+    if key == "variant" and board.get("ablation"):
+        groups: dict[str, dict[int, float]] = {}
+        for r in done:
+            groups.setdefault(r["variant"], {})[int(r["seed"])] = r["final"]
+        if "baseline" not in groups:
+            raise LookupError("no finished baseline trial yet: nothing to compare the variants with")
+        out = []
+        for row in stats.ablation_table(groups, "baseline", mode):
+            half = (row["ci_high"] - row["ci_low"]) / 2 if row["n"] > 1 else float("nan")
+            out.append({"variant": row["variant"], "n": row["n"], f"{objective} mean": row["mean"],
+                        "± 95% CI": half, "Δ vs baseline": row["diff"] if row["variant"] != "baseline" else None,
+                        "p (Holm)": row["p_holm"], "test": row["test"],
+                        "significant": ("yes" if row["significant"] else "no") if row["variant"] != "baseline" else ""})
+        return out, list(out[0]), f"{board['name']}: {objective} at the last epoch, per variant"
+    if not any(key in r for r in board["rows"]):
+        raise LookupError(f"--group {key}: trials have no {key!r}; group by variant (ablations) or one of "
+                          f"{', '.join(board['searched']) or 'the searched keys'}")
+    values: dict[Any, list[float]] = {}
+    for r in done:
+        values.setdefault(r.get(key), []).append(r["final"])
+    out = []
+    for value, finals in values.items():
+        s = stats.summarize(finals)
+        out.append({key: value, "n": s.n, f"{objective} mean": s.mean, "± 95% CI": (s.ci_high - s.ci_low) / 2})
+    out.sort(key=lambda r: r[f"{objective} mean"], reverse=mode == "max")
+    return out, [key, "n", f"{objective} mean", "± 95% CI"], f"{board['name']}: {objective} at the last epoch, per {key}"

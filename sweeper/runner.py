@@ -68,6 +68,7 @@ class Outcome:
     failure_budget_hit: bool
     best: dict[str, Any] | None
     wall_s: float
+    board: dict[str, Any] | None = None  # the leaderboard read at the end (None: no launch recorded yet)
 
 
 def config_hash(sweep: Sweep) -> str:
@@ -82,13 +83,6 @@ def trial_dirname(trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
     return f"trial_{trial.trial_id}"
 
 
-def experiment_path(sweep: Sweep) -> str:
-    """`storage/name`, with a URI's query (`?endpoint_override=...&scheme=http`) kept at the end,
-    where pyarrow reads it (`Sweep.experiment_dir` would append the name to the query)."""
-    base, sep, query = sweep.spec.storage.partition("?")
-    return f"{base.rstrip('/')}/{sweep.name}{sep}{query}"
-
-
 def _local_dir(path: str) -> Path | None:
     """The directory of a local path or `file://` URI; None for remote storage."""
     if path.startswith("file://"):
@@ -100,7 +94,7 @@ def driver_dir(sweep: Sweep) -> Path:
     """Where the driver keeps its own files: the experiment directory for local storage; for a
     URI, `runs/NAME` in the launch directory (a copy of the state, so `sweeper resume NAME`
     finds the experiment, and ASHA's rungs)."""
-    return _local_dir(experiment_path(sweep)) or Path(sweep.cwd) / "runs" / sweep.name
+    return _local_dir(sweep.experiment_dir) or Path(sweep.cwd) / "runs" / sweep.name
 
 
 def _filesystem(uri: str):  # noqa: ANN202 - (pyarrow.fs.FileSystem, path in it)
@@ -285,14 +279,14 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
-    from sweeper import tracking
+    from sweeper import store, tracking
     from sweeper.scheduler import PersistentASHA
     from sweeper.search import build_searcher
     from sweeper.trainable import run_trial
 
     t0 = time.time()
     spec = sweep.spec
-    exp_dir = experiment_path(sweep)
+    exp_dir = sweep.experiment_dir
     local = _local_dir(exp_dir)
     chash = config_hash(sweep)
     if local is not None and fresh and local.exists():
@@ -305,10 +299,10 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
 
     with ThreadPoolExecutor(2) as pool:
         checked = pool.submit(preflight or (lambda: None))
-        store_ready = pool.submit(tracking.get_or_create_experiment, spec.tracking.uri, sweep.name)
+        store_ready = pool.submit(store.get_or_create_experiment, spec.tracking.uri, sweep.name)
         started_ray = _init_ray(address, sweep)
         checked.result()  # a bad sweep raises here, before any trial exists
-        store_ready.result()
+        experiment_id = store_ready.result()
     check_resources(sweep)
     check_storage(sweep)
     trainable = tune.with_resources(
@@ -332,13 +326,13 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
                                    "(the old one is kept beside it) or choose another `name`")
         if state:
             parent_run_id = state["parent_run_id"]
-            tracking.reopen_sweep_run(spec.tracking.uri, parent_run_id)
+            store.reopen_sweep_run(spec.tracking.uri, parent_run_id)
         else:
-            parent_run_id = tracking.start_sweep_run(sweep, chash)
+            parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
         print(f"continuing sweep {sweep.name!r} from {exp_dir}")
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False)
     else:
-        parent_run_id = tracking.start_sweep_run(sweep, chash)
+        parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
         budget = spec.budget.max_failed_trials
         failure_budget = _failure_budget_class()(budget) if budget is not None else None
         scheduler = (PersistentASHA(time_attr="epoch", max_t=sweep.max_t,
@@ -364,7 +358,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             ),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage, verbose=verbose,
-                callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id), CSVLoggerCallback(), JsonLoggerCallback(),
+                callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id, experiment_id), CSVLoggerCallback(), JsonLoggerCallback(),
                            *([failure_budget] if failure_budget else [])],
                 stop=failure_budget,
                 # keep >= 3: a hard kill can otherwise leave state pointing at a pruned checkpoint
@@ -420,23 +414,24 @@ def _summarize(sweep: Sweep, exp_dir: str, parent_run_id: str, resumed: bool, wa
     """Counts from the trials' MLflow status, which the tracking callback sets only when a trial
     really ends. Ray's results cannot tell: on Ctrl-C Tune marks running trials TERMINATED, and
     a finished trial restored by a resume comes back without its `done` flag."""
-    from sweeper import tracking
+    from sweeper import store
 
     try:
-        board = tracking.leaderboard(sweep.spec.tracking.uri, sweep.name)
+        board = store.leaderboard(sweep.spec.tracking.uri, sweep.name)
     except LookupError:
-        board = {"rows": [], "objective": sweep.spec.objective.metric}
-    status = [row["status"] for row in board["rows"]]
+        board = None
+    rows = board["rows"] if board else []
+    status = [row["status"] for row in rows]
     finished, stopped = status.count("finished"), status.count("stopped")
     failed = status.count("failed") + status.count("diverged")
     interrupted = finished + stopped + failed < sweep.num_trials
     limit = sweep.spec.budget.max_failed_trials
     budget_hit = limit is not None and failed > limit
     best = None
-    top = board["rows"][0] if board["rows"] else None  # sorted by the objective, best first
+    top = rows[0] if rows else None  # sorted by the objective, best first
     if top and top[board["objective"]] is not None:
         best = {"trial_id": top["trial"], "run_id": top["run_id"], "value": top[board["objective"]]}
-    tracking.finish_sweep_run(sweep.spec.tracking.uri, parent_run_id, best,
+    store.finish_sweep_run(sweep.spec.tracking.uri, parent_run_id, best,
                               "KILLED" if interrupted else "FINISHED")
     return Outcome(sweep.name, exp_dir, parent_run_id, sweep.num_trials, finished, stopped, failed,
-                   interrupted, resumed, budget_hit, best, wall_s)
+                   interrupted, resumed, budget_hit, best, wall_s, board)

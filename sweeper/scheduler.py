@@ -7,6 +7,9 @@ records (small: one number per trial per rung) to `state_path` whenever they cha
 and reads them back when Tune unpickles it on `Tuner.restore`.
 
     ASHA(time_attr="epoch", max_t=12, grace_period=1, reduction_factor=3, state_path="runs/x/asha_rungs.json")
+
+`sweeper.rungs.asha_rungs` says, without starting anything, at which epochs that ASHA judges a
+trial (the dry-run plan and the benchmarks print it).
 """
 from __future__ import annotations
 

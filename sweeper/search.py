@@ -18,22 +18,10 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeper.config import Sweep
+from sweeper.results import EPOCH, stopped_early
 from sweeper.spaces import grid_values, to_optuna
 
 log = logging.getLogger(__name__)
-
-
-def stopped_early(result: dict[str, Any] | None, max_t: int) -> bool:
-    """A trial that ended (no error) before its planned epochs and before `max_t` was stopped.
-
-    Ray marks the last result `done` both when a trial returns and when a scheduler stops it,
-    so the epoch count is what tells them apart.
-    """
-    if not result:
-        return False
-    epoch = result.get("epoch")
-    planned = min(result.get("epochs_total") or max_t, max_t)
-    return epoch is not None and epoch < planned
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -48,7 +36,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             return
         if trial_id in self._completed_trials or self.metric not in result:
             return
-        self._ot_trials[trial_id].report(result[self.metric], int(result.get("epoch", 0)))
+        self._ot_trials[trial_id].report(result[self.metric], int(result.get(EPOCH, 0)))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not error and stopped_early(result, self._max_t) and trial_id not in self._completed_trials:

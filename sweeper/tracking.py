@@ -1,20 +1,17 @@
-"""MLflow: one experiment per sweep, a parent run per launch, one child run per trial.
+"""MLflow from the Ray driver: the Tune callback that writes one child run per trial.
 
-Everything is logged from the Ray driver by a Tune callback, so trials never need access to the
-tracking store; the callback writes on a background thread, in order, so Tune's loop does not
-wait for the store (`flush_all` waits for it). The callback is pickled into Tune's experiment
-state and comes back on restore, so it keeps only plain data (URI, ids) and, once restored,
-finds each trial's run by its `sweeper.trial_id` tag: a resumed or relaunched sweep continues
-each trial's run in place instead of creating a duplicate.
-
-Tags (all under `sweeper.`): kind (sweep|trial), trial_id, status (running|finished|stopped|
-failed), stopped_at_epoch, error, objective, mode, searched (JSON list), config_hash.
+Everything is logged from the driver, so trials never need access to the tracking store; the
+callback writes on a background thread, in order, so Tune's loop does not wait for the store
+(`flush_all` waits for it). The callback is pickled into Tune's experiment state and comes back
+on restore, so it keeps only plain data (URI, ids) and, once restored, finds each trial's run by
+its `sweeper.trial_id` tag: a resumed or relaunched sweep continues each trial's run in place
+instead of creating a duplicate. The store itself (experiments, parent runs, the leaderboard
+readers) is `sweeper.store`, which needs no Ray.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import threading
 import time
@@ -25,101 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray.tune import Callback
 
-from sweeper.config import REDACTED, SECRET_NAME, Sweep, flatten, redact, trial_config, trial_params
-from sweeper.search import stopped_early
+from sweeper.config import SECRET_NAME, Sweep, flatten, trial_params
+from sweeper.results import EPOCH, MICRO_BATCHES, OOM_RETRIES, TRIAL_CONFIG, is_divergence, stopped_early
+from sweeper.store import client, get_or_create_experiment, metric_key
 
 #: Ray's bookkeeping keys that are not worth an MLflow metric.
 _RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
              "time_since_restore", "iterations_since_restore", "done", "epochs_total",
              "checkpoint_dir_name", "should_checkpoint"}
-_BAD_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def metric_key(name: str) -> str:
-    """MLflow allows only `/\\w.- :` in names; anything else becomes `_`."""
-    return _BAD_CHARS.sub("_", name)
-
-
-def client(uri: str):  # noqa: ANN201 - mlflow.MlflowClient, imported lazily
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def artifact_root(uri: str, name: str) -> str | None:
-    """Keep a sqlite store's artifacts beside the database, whatever the working directory."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
-    return None
-
-
-def get_or_create_experiment(uri: str, name: str) -> str:
-    c = client(uri)
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            c.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return c.create_experiment(name, artifact_location=artifact_root(uri, name))
-
-
-def start_sweep_run(sweep: Sweep, config_hash: str) -> str:
-    """Create the parent run of one launch; returns its id."""
-    uri = sweep.spec.tracking.uri
-    exp_id = get_or_create_experiment(uri, sweep.name)
-    c = client(uri)
-    abl = sweep.spec.ablation
-    run = c.create_run(exp_id, run_name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
-        "sweeper.kind": "sweep",
-        "sweeper.objective": sweep.spec.objective.metric,
-        "sweeper.mode": sweep.spec.objective.mode,
-        "sweeper.objectives": json.dumps([o.model_dump() for o in sweep.objectives or [sweep.spec.objective]]),
-        "sweeper.searched": json.dumps(list(abl.factors) if abl else [d.key for d in sweep.dimensions]),
-        "sweeper.study": "ablation" if abl else "search",
-        **({"sweeper.ablation": json.dumps({"factors": abl.factors, "seeds": abl.seed_values,
-                                            "seed_key": sweep.seed_key, "full_factorial": abl.full_factorial,
-                                            "variants": [name for name, _ in sweep.variants]}, default=str)}
-           if abl else {}),
-        "sweeper.max_t": str(sweep.max_t),
-        "sweeper.config_hash": config_hash,
-        "sweeper.sweep_file": str(sweep.file),
-    })
-    c.log_text(run.info.run_id, _sweep_text(sweep), "sweep.yaml")
-    c.log_dict(run.info.run_id, redact(sweep.raw), "sweep.resolved.json")
-    return run.info.run_id
-
-
-def _sweep_text(sweep: Sweep) -> str:
-    """The sweep file as written, unless it holds secret-looking keys: then re-dumped, redacted."""
-    text = sweep.file.read_text()
-    doc = yaml.safe_load(text)
-    if redact(doc) == doc:
-        return text
-    return f"# {sweep.file}, with the values of secret-looking keys replaced by {REDACTED}\n" + \
-        yaml.safe_dump(redact(doc), sort_keys=False)
-
-
-def reopen_sweep_run(uri: str, run_id: str) -> None:
-    """Mark a launch's parent run as running again when the sweep is continued."""
-    c = client(uri)
-    c.update_run(run_id, status="RUNNING")
-    c.set_tag(run_id, "sweeper.status", "running")
-
-
-def finish_sweep_run(uri: str, run_id: str, best: dict[str, Any] | None, status: str) -> None:
-    """Record the best trial on the parent run and close it (FINISHED or KILLED when interrupted)."""
-    from mlflow.entities import Metric, RunTag
-
-    c = client(uri)
-    tags, metrics = [RunTag("sweeper.status", status.lower())], []
-    if best:
-        tags += [RunTag("sweeper.best_trial", best["trial_id"]), RunTag("sweeper.best_run_id", best["run_id"])]
-        metrics.append(Metric("best_objective", float(best["value"]), int(time.time() * 1000), 0))
-    c.log_batch(run_id, metrics=metrics, tags=tags)
-    c.set_terminated(run_id, status)
 
 
 #: failed MLflow writes printed as they happen; the rest are counted in the launch's summary
@@ -150,13 +62,14 @@ class MLflowTrialLogger(Callback):
     wait for the queue (`get_state`), so a resumed sweep never misses an epoch in MLflow.
     """
 
-    def __init__(self, sweep: Sweep, parent_run_id: str) -> None:
+    def __init__(self, sweep: Sweep, parent_run_id: str, experiment_id: str | None = None) -> None:
         self.sweep = sweep
         self.uri = sweep.spec.tracking.uri
         self.parent_run_id = parent_run_id
-        self.experiment_id = get_or_create_experiment(self.uri, sweep.name)
+        self.experiment_id = experiment_id or get_or_create_experiment(self.uri, sweep.name)
         self.runs: dict[str, str] = {}       # trial_id -> run_id
         self.last_epoch: dict[str, int] = {}  # run_id -> last epoch logged
+        self.logged_params: dict[str, set[str]] = {}  # run_id -> param keys it has
         self._client = None
         # built by this launch, not restored by Tune: no trial can have a run yet, so new trials
         # skip the search by tag (a query per trial, which grows with the store)
@@ -178,7 +91,7 @@ class MLflowTrialLogger(Callback):
         # by tag, what each trial's run holds.
         state = {k: v for k, v in dict(self.__dict__).items()
                  if k not in ("_pool", "_errors", "_unwritten", "_unwritten_lock")}
-        state.update(runs={}, last_epoch={}, _client=None, _fresh=False)
+        state.update(runs={}, last_epoch={}, logged_params={}, _client=None, _fresh=False)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -241,16 +154,17 @@ class MLflowTrialLogger(Callback):
             run_id = self._create_run(trial)
         else:
             metrics = self.c.get_run(run_id).data.metrics
-            self.last_epoch[run_id] = int(metrics.get("epoch", 0))
+            self.last_epoch[run_id] = int(metrics.get(EPOCH, 0))
             self.c.update_run(run_id, status="RUNNING")
             self.c.set_tag(run_id, "sweeper.status", "running")
         self.runs[trial.trial_id] = run_id
         return run_id
 
     def _create_run(self, trial) -> str:  # noqa: ANN001
+        """A child run with the trial's own values (searched, or an ablation point's) as params;
+        the rest of its config arrives with its first report (`results.TRIAL_CONFIG`)."""
         from mlflow.entities import Param
 
-        params = trial_params(dict(trial.config))
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "sweeper.kind": "trial",
@@ -261,11 +175,26 @@ class MLflowTrialLogger(Callback):
         if isinstance(point, dict):  # variants and seeds group the runs in the MLflow UI too
             tags.update({"sweeper.variant": point["variant"], "sweeper.seed": str(point["seed"])})
         run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
-        full = flatten(trial_config(self.sweep, params))
-        logged = [Param(k, str(v)[:6000]) for k, v in full.items() if not SECRET_NAME.search(k)]
-        self.c.log_batch(run.info.run_id, params=logged)  # split by MlflowClient past 100 params
-        self.c.log_dict(run.info.run_id, redact(trial_config(self.sweep, params)), "trial_config.json")
+        own = {k: v for k, v in trial_params(dict(trial.config)).items() if not SECRET_NAME.search(k)}
+        self.c.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in own.items()])
+        self.logged_params[run.info.run_id] = set(own)
         return run.info.run_id
+
+    def _log_trial_config(self, run_id: str, text: str) -> None:
+        """The config the trial reported it trains with: params for the keys not logged yet (MLflow
+        params never change: a value a retry resolved differently, such as micro-batches after an
+        out-of-memory error, is in the tags and the latest trial_config.json), and the file."""
+        from mlflow.entities import Param
+
+        config = json.loads(text)
+        if run_id not in self.logged_params:  # a run of an earlier launch: ask what it has
+            self.logged_params[run_id] = set(self.c.get_run(run_id).data.params)
+        done = self.logged_params[run_id]
+        new = {k: v for k, v in flatten(config).items() if k not in done and not SECRET_NAME.search(k)}
+        if new:  # MlflowClient splits the batch past MLflow's 100 params per call
+            self.c.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in new.items()])
+            done |= set(new)
+        self.c.log_dict(run_id, config, "trial_config.json")
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
         self._submit(f"starting the run of trial {trial.trial_id}", lambda: self.run_id(trial))
@@ -279,7 +208,10 @@ class MLflowTrialLogger(Callback):
         self._add_unwritten(trial, lambda record: setattr(record, "end", end))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        end = ("error", _trial_error_text(trial))
+        # a NaN/inf loss is a property of the configuration (lr too high), not a crash: told by
+        # the type of the exception the trial raised, as Ray pickled it
+        kind = "diverged" if is_divergence(_pickled_error(trial)) else "error"
+        end = (kind, _trial_error_text(trial))
         self._add_unwritten(trial, lambda record: setattr(record, "end", end))
 
     def _add_unwritten(self, trial, add: Callable[[_Unwritten], None]) -> None:  # noqa: ANN001
@@ -302,32 +234,32 @@ class MLflowTrialLogger(Callback):
         run_id = self.run_id(trial)
         metrics, tags, last = [], [], self.last_epoch.get(run_id, 0)
         for result in record.results:
-            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+            if isinstance(result.get(TRIAL_CONFIG), str):
+                self._log_trial_config(run_id, result[TRIAL_CONFIG])
+            epoch = int(result.get(EPOCH, result.get("training_iteration", 0)))
             if epoch <= last:
                 continue  # already logged before a restore
             last, now = epoch, int(time.time() * 1000)
             metrics += [Metric(metric_key(k), float(v), now, epoch) for k, v in result.items()
                         if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
                         and not math.isnan(float(v))]
-            if result.get("oom_retries"):  # the OOM fallback changed how the trial trains: say so
-                tags += [RunTag("sweeper.oom_retries", str(result["oom_retries"])),
-                         RunTag("sweeper.micro_batches", str(result.get("train/micro_batches")))]
+            if result.get(OOM_RETRIES):  # the OOM fallback changed how the trial trains: say so
+                tags += [RunTag("sweeper.oom_retries", str(result[OOM_RETRIES])),
+                         RunTag("sweeper.micro_batches", str(result.get(MICRO_BATCHES)))]
         kind, detail = record.end or (None, None)
         if kind == "complete":
             if stopped_early(detail, self.sweep.max_t):
-                tags += [RunTag("sweeper.status", "stopped"), RunTag("sweeper.stopped_at_epoch", str(detail.get("epoch")))]
+                tags += [RunTag("sweeper.status", "stopped"), RunTag("sweeper.stopped_at_epoch", str(detail.get(EPOCH)))]
             else:
                 tags += [RunTag("sweeper.status", "finished")]
-        elif kind == "error":
-            # a NaN/inf loss is a property of the configuration (lr too high), not a crash
-            diverged = "NonFiniteLossError" in detail
-            tags += [RunTag("sweeper.status", "diverged" if diverged else "failed"),
+        elif kind in ("error", "diverged"):
+            tags += [RunTag("sweeper.status", "diverged" if kind == "diverged" else "failed"),
                      RunTag("sweeper.error", _last_line(detail)[:5000])]
         tags = list({t.key: t for t in tags}.values())  # the latest value of each tag
         if metrics or tags:  # MlflowClient splits a batch over MLflow's per-call limits itself
             self.c.log_batch(run_id, metrics=metrics, tags=tags)
         self.last_epoch[run_id] = last
-        if kind == "error":
+        if kind in ("error", "diverged"):
             self.c.log_text(run_id, detail, "error.txt")
         if kind is not None:
             self._attach_log(trial, run_id)
@@ -381,7 +313,7 @@ class MLflowTrialLogger(Callback):
 @dataclass
 class _Unwritten:
     """What a trial reported that is not in MLflow yet: results in order, then maybe its end,
-    ("complete", last result) or ("error", traceback text)."""
+    ("complete", last result), ("error", traceback text) or ("diverged", traceback text)."""
 
     results: list[dict[str, Any]] = field(default_factory=list)
     end: tuple[str, Any] | None = None
@@ -401,109 +333,28 @@ def _trial_error_text(trial) -> str:  # noqa: ANN001
     return str(error) if error else "unknown error (no error file from Ray)"
 
 
+def _pickled_error(trial) -> BaseException | None:  # noqa: ANN001
+    """The exception the trial raised, as Ray pickled it beside the driver's copy of the trial
+    (before it is synced to `storage`), else from storage; None if there is none or it is unreadable."""
+    try:
+        path = trial.pickled_error_file
+        if path and Path(path).is_file():
+            import cloudpickle
+
+            return cloudpickle.loads(Path(path).read_bytes())
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unpicklable or missing error is just not a divergence
+        return None
+
+
+def _param_text(value: Any) -> str:
+    """An MLflow param value: text, at most MLflow's 6000 characters."""
+    return str(value)[:6000]
+
+
 def _last_line(message: str) -> str:
     """The exception line of a traceback: what a leaderboard can show."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else message
 
 
-# --------------------------------------------------------------------------- leaderboard
-def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bool = False) -> dict[str, Any]:
-    """Trials of a sweep's latest launch (or all), sorted by the objective's best value."""
-    c = client(uri)
-    exp = c.get_experiment_by_name(name)
-    if exp is None:
-        known = [e.name for e in c.search_experiments()]
-        raise LookupError(f"no sweep named {name!r} in {uri}; known: {', '.join(known) or 'none'}")
-    parents = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'sweep'",
-                            order_by=["attributes.start_time DESC"])
-    if not parents:
-        raise LookupError(f"experiment {name!r} in {uri} holds no sweeper launch")
-    parent = parents[0]
-    objective, mode = parent.data.tags["sweeper.objective"], parent.data.tags["sweeper.mode"]
-    searched = json.loads(parent.data.tags.get("sweeper.searched", "[]"))
-    secondary = [o["metric"] for o in json.loads(parent.data.tags.get("sweeper.objectives", "[]"))[1:]]
-    filt = "tags.`sweeper.kind` = 'trial'"
-    if not all_launches:
-        filt += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    runs = c.search_runs([exp.experiment_id], filt, max_results=50000)
-    rows = []
-    for run in runs:
-        m, t, p = run.data.metrics, run.data.tags, run.data.params
-        rows.append({
-            "trial": t.get("sweeper.trial_id"), "status": t.get("sweeper.status"),
-            **({"variant": t.get("sweeper.variant"), "seed": t.get("sweeper.seed")} if "sweeper.variant" in t else {}),
-            "epoch": int(m["epoch"]) if "epoch" in m else None,
-            objective: m.get("best_objective"),
-            **{k: p.get(k) for k in searched},
-            **{k: m[k] for k in sorted(m) if k not in ("epoch", "best_objective", objective)
-               and not k.startswith(("ap/", "ar_", "train/"))},
-            **{k: m.get(k) for k in secondary},  # the other objectives of a multi-objective search
-            "final": m.get(objective),  # at the last epoch: what an ablation compares
-            "error": t.get("sweeper.error"), "run_id": run.info.run_id,
-        })
-    sign = -1 if mode == "max" else 1
-    rows.sort(key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
-    study = parent.data.tags.get("sweeper.study", "search")
-    ablation = json.loads(parent.data.tags["sweeper.ablation"]) if "sweeper.ablation" in parent.data.tags else None
-    return {"name": name, "objective": objective, "mode": mode, "secondary": secondary, "searched": searched,
-            "study": study,
-            "ablation": ablation,
-            "parent_run_id": parent.info.run_id, "rows": rows[:top] if top else rows}
-
-
-def report_data(uri: str, name: str, progress: Any = lambda msg: None) -> dict[str, Any]:
-    """Everything `sweeper report` draws, read from MLflow (the latest launch of `name`):
-    per trial its status, variant/seed, searched values, last-epoch metrics, best objective and
-    the objective's history per epoch."""
-    board = leaderboard(uri, name)
-    c = client(uri)
-    parent = c.get_run(board["parent_run_id"])
-    objective, mode = board["objective"], board["mode"]
-    trials = []
-    rows = board["rows"]
-    for i, row in enumerate(rows, 1):
-        progress(f"reading trial {i}/{len(rows)} from MLflow")
-        run = c.get_run(row["run_id"])
-        objectives = json.loads(parent.data.tags.get("sweeper.objectives", "null")) or [{"metric": objective}]
-        history = {o["metric"]: sorted([int(m.step), float(m.value)] for m in
-                                       c.get_metric_history(row["run_id"], o["metric"])) for o in objectives}
-        params = {}
-        for key in board["searched"]:
-            if key in run.data.params:
-                params[key] = _typed(run.data.params[key])
-        trials.append({
-            "trial": row["trial"], "status": row["status"], "variant": row.get("variant"),
-            "seed": int(row["seed"]) if row.get("seed") is not None else None,
-            "params": params, "final": dict(run.data.metrics), "best": row[objective],
-            "history": history,
-            "stopped_at": int(run.data.tags["sweeper.stopped_at_epoch"]) if "sweeper.stopped_at_epoch" in run.data.tags else None,
-            "error": row.get("error"),
-        })
-    ablation = board.get("ablation")
-    return {
-        "name": name, "kind": board.get("study", "search"),
-        "objectives": json.loads(parent.data.tags.get("sweeper.objectives", "null"))
-        or [{"metric": objective, "mode": mode}],
-        "searched": [] if ablation else board["searched"],
-        "baseline": "baseline" if ablation else None,
-        "factors": ablation["factors"] if ablation else None,
-        "max_t": int(parent.data.tags.get("sweeper.max_t", 0)) or None,
-        "parent_run_id": board["parent_run_id"],
-        "trials": trials,
-    }
-
-
-def _typed(text: str) -> Any:
-    """MLflow keeps params as strings; the report wants numbers back where they were numbers."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def log_report(uri: str, parent_run_id: str, out_dir: Path) -> None:
-    """The report's files as artifacts of the sweep's parent run (`report/`)."""
-    client(uri).log_artifacts(parent_run_id, str(out_dir), "report")

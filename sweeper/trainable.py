@@ -1,17 +1,21 @@
 """The one Ray Tune function trainable: where a task meets Ray.
 
-Per trial: build the task from the sweep's `base` plus the trial's searched values, restore it
-from `tune.get_checkpoint()` if Tune hands one back (a retry or a resumed sweep), then per epoch
-train, evaluate and `tune.report` the metrics, with a checkpoint when `checkpoint.min_interval_s`
-has passed since the last one and always at the trial's last epoch. Reported keys: the
-task's metrics, `epoch` (ASHA's time attribute), `epochs_total` (the trial's planned epochs, so
-callbacks can tell "finished" from "stopped early") and `best_objective` (best so far).
+Per trial: build the task from the sweep's `base` plus the trial's searched values (the config
+finished once, here, by `sweeper.config.build_trial`), restore it from `tune.get_checkpoint()`
+if Tune hands one back (a retry or a resumed sweep), then per epoch train, evaluate and
+`tune.report` the metrics, with a checkpoint when `checkpoint.min_interval_s` has passed since
+the last one and always at the trial's last epoch. Besides the task's metrics it reports the
+keys of `sweeper.results`: `epoch` (ASHA's time attribute), `epochs_total` (so callbacks can tell
+"finished" from "stopped early"), `best_objective`, and once per (re)start the effective config
+the trial trains with (`results.TRIAL_CONFIG`: resolved workers and micro-batches, device, AMP,
+library versions), which is what MLflow logs.
 
     trainable = tune.with_parameters(run_trial, sweep=sweep)
 """
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import tempfile
@@ -21,7 +25,8 @@ from typing import Any
 
 from ray import tune
 
-from sweeper.config import Sweep, trial_config, trial_params
+from sweeper import results
+from sweeper.config import Sweep, build_trial, redact, script_params, trial_params
 
 STATE_FILE = "trial_state.pt"
 #: subdirectory of a trial's directory for the task's evaluation files (tracking attaches them)
@@ -91,32 +96,35 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         return
     import torch
 
-    from sweeper.tasks import load_task
     from sweeper.tasks.training import loader_settings
 
     torch.set_num_threads(_threads_for_trial(sweep))
-    cfg = trial_config(sweep, config)
-    # files a task writes at evaluation (confusion matrix), attached to the trial's MLflow run
-    cfg["artifacts_dir"] = str(Path(tune.get_context().get_trial_dir()) / ARTIFACTS_DIR)
     device = "cuda" if sweep.spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
-    # `train.workers: auto` from the trial's CPUs, not the node's (the task alone cannot know them)
-    cfg["train"]["workers"] = loader_settings(cfg["train"].get("workers"), device=device,
-                                              cpus=sweep.spec.resources.cpu)["num_workers"]
-    epochs = int(cfg["train"]["epochs"])
+    # files a task writes at evaluation (confusion matrix), attached to the trial's MLflow run
+    artifacts_dir = str(Path(tune.get_context().get_trial_dir()) / ARTIFACTS_DIR)
     objective, mode = sweep.spec.objective.metric, sweep.spec.objective.mode
 
     saved: dict[str, Any] | None = None  # the last checkpoint's content: where a retry resumes
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            saved = load_trial_state(Path(ckpt_dir) / STATE_FILE, cfg["task"], device)
+            saved = load_trial_state(Path(ckpt_dir) / STATE_FILE, sweep.spec.task, device)
     oom_retries = int(saved.get("oom_retries", 0)) if saved else 0
-    if saved:
-        cfg["train"]["micro_batches"] = int(saved.get("micro_batches", cfg["train"].get("micro_batches", 1)))
+    # `train.workers: auto` from the trial's CPUs, not the node's (the task alone cannot know them)
+    asked = build_trial(sweep, config).train.workers
+    resolved = {"workers": loader_settings(asked, device=device, cpus=sweep.spec.resources.cpu)["num_workers"]}
+    if saved and saved.get("micro_batches"):
+        resolved["micro_batches"] = int(saved["micro_batches"])
+    cfg = build_trial(sweep, config, artifacts_dir=artifacts_dir, train=resolved)
+    epochs = cfg.train.epochs
+    task_cls = sweep.task.load_task()
+    pending_config: str | None = None  # reported with the next result, then logged by tracking
 
     def build() -> tuple[Any, int, float | None]:
         """The task, restored from `saved` if there is one; returns (task, first epoch, best)."""
-        task = load_task(cfg["task"])(cfg, device=device)
+        nonlocal pending_config
+        task = task_cls(cfg, device=device)
+        pending_config = effective_config(cfg, getattr(task, "runtime", {}))
         if saved is None:
             return task, 1, None
         restore_task(task, saved)
@@ -129,21 +137,22 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         try:
             metrics = dict(task.train_one_epoch(epoch))
         except torch.OutOfMemoryError as exc:
-            micro, batch = int(cfg["train"].get("micro_batches", 1)), int(cfg["train"]["batch_size"])
+            micro, batch = cfg.train.micro_batches, cfg.train.batch_size
             if oom_retries >= sweep.spec.budget.oom_retries or micro >= batch:
                 raise RuntimeError(f"CUDA out of memory at epoch {epoch} with a per-step batch of "
                                    f"{-(-batch // micro)} ({micro} micro-batches of {batch}) after {oom_retries} "
                                    f"retries (budget.oom_retries {sweep.spec.budget.oom_retries}): lower "
                                    "train.batch_size or train.resolution, or give the trial a larger GPU") from exc
             oom_retries += 1
-            cfg["train"]["micro_batches"] = min(batch, micro * 2)
+            resolved["micro_batches"] = min(batch, micro * 2)
+            cfg = build_trial(sweep, config, artifacts_dir=artifacts_dir, train=resolved)
             del task
             gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
             task, epoch, best = build()
             print(f"out of memory at a per-step batch of {-(-batch // micro)}: retrying from epoch {epoch} with "
-                  f"{cfg['train']['micro_batches']} micro-batches (effective batch {batch} kept)", flush=True)
+                  f"{cfg.train.micro_batches} micro-batches (effective batch {batch} kept)", flush=True)
             continue
         except RuntimeError as exc:
             _raise_if_worker_crash(exc, f"training epoch {epoch}")
@@ -156,21 +165,39 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         value = metrics.get(objective)
         if value is not None and _better(value, best, mode):
             best = value
-        metrics.update(epoch=epoch, epochs_total=epochs, best_objective=best, oom_retries=oom_retries,
-                       **{"train/micro_batches": int(cfg["train"].get("micro_batches", 1))})
+        metrics.update({results.EPOCH: epoch, results.EPOCHS_TOTAL: epochs, results.BEST_OBJECTIVE: best,
+                        results.OOM_RETRIES: oom_retries, results.MICRO_BATCHES: cfg.train.micro_batches})
+        if pending_config is not None:
+            metrics[results.TRIAL_CONFIG], pending_config = pending_config, None
         due = time.monotonic() - last_saved >= sweep.spec.checkpoint.min_interval_s
         if not (due or epoch >= last_epoch):
             tune.report(metrics)
             epoch += 1
             continue
         last_saved = time.monotonic()
-        saved = {"task": task.state_dict(), "task_name": cfg["task"], "source": STATE_FILE, "epoch": epoch,
-                 "best_objective": best, "oom_retries": oom_retries,
-                 "micro_batches": int(cfg["train"].get("micro_batches", 1))}
+        saved = {"task": task.state_dict(), "task_name": sweep.spec.task, "source": STATE_FILE, "epoch": epoch,
+                 "best_objective": best, "oom_retries": oom_retries, "micro_batches": cfg.train.micro_batches}
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(saved, os.path.join(tmp, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         epoch += 1
+
+
+def effective_config(cfg: Any, runtime: dict[str, Any]) -> str:
+    """The config a trial really trains with, as the JSON text it reports once: the validated
+    trial config (resolved `train.workers`, `train.micro_batches`), what the task resolved for
+    itself (device, AMP, channels_last) and the library versions; secrets redacted."""
+    import importlib.metadata as md
+
+    doc = cfg.model_dump(mode="json", exclude={"artifacts_dir"})
+    versions = {}
+    for lib in ("torch", "torchvision", "timm"):
+        try:
+            versions[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            pass
+    doc["runtime"] = {**runtime, **versions}
+    return json.dumps(redact(doc), default=str)
 
 
 def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
@@ -183,15 +210,16 @@ def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
     """
     import ray
 
-    from sweeper.config import script_params
     from sweeper.tasks.command import CommandTrial
 
     spec = sweep.spec
     assert spec.command is not None
     trial_dir = tune.get_context().get_trial_dir()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    trial = CommandTrial(spec.command.model_dump(), script_params(sweep, config), trial_dir=trial_dir,
+    params = script_params(sweep, config)
+    trial = CommandTrial(spec.command.model_dump(), params, trial_dir=trial_dir,
                          objective=spec.objective.metric, cpus=spec.resources.cpu, gpu_ids=gpu_ids)
+    pending_config: str | None = json.dumps(redact({**params, "runtime": {"gpu_ids": gpu_ids}}), default=str)
     objective, mode = spec.objective.metric, spec.objective.mode
     best = None
     checkpoint = tune.get_checkpoint()
@@ -205,7 +233,9 @@ def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
             value = metrics.get(objective)
             if value is not None and _better(value, best, mode):
                 best = value
-            metrics.update(epoch=epoch, epochs_total=epochs_total, best_objective=best)
+            metrics.update({results.EPOCH: epoch, results.EPOCHS_TOTAL: epochs_total, results.BEST_OBJECTIVE: best})
+            if pending_config is not None:
+                metrics[results.TRIAL_CONFIG], pending_config = pending_config, None
             due = time.monotonic() - last_saved >= spec.checkpoint.min_interval_s
             if not (due or epoch >= epochs_total):
                 tune.report(metrics)

@@ -62,7 +62,7 @@ def _sweep(tmp_path: Path, storage: str, name: str = "s"):  # noqa: ANN202
 ])
 def test_experiment_path_keeps_the_query_at_the_end(tmp_path: Path, storage: str, expected: str) -> None:
     sweep = _sweep(tmp_path, storage)
-    assert runner.experiment_path(sweep) == expected.format(tmp=tmp_path.resolve())
+    assert sweep.experiment_dir == expected.format(tmp=tmp_path.resolve())
 
 
 def test_driver_dir_is_the_experiment_for_local_storage_and_runs_name_for_a_uri(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import optuna
 import pytest
 
 from sweeper.config import load_sweep
-from sweeper.search import PrunedAwareOptunaSearch, build_sampler, stopped_early
+from sweeper.results import stopped_early
+from sweeper.search import PrunedAwareOptunaSearch, build_sampler
 from sweeper.spaces import parse_space, to_optuna
 
 State = optuna.trial.TrialState

@@ -16,7 +16,7 @@ import pytest
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
-from sweeper import tracking
+from sweeper import store, tracking
 from sweeper.config import load_sweep
 
 SWEEP = """
@@ -37,7 +37,7 @@ tracking: {uri: sqlite:///mlruns.db}
 def logger(tmp_path: Path) -> tracking.MLflowTrialLogger:
     (tmp_path / "s.yaml").write_text(SWEEP)
     sweep = load_sweep(tmp_path / "s.yaml", cwd=tmp_path)
-    parent = tracking.start_sweep_run(sweep, "test")
+    parent = store.start_sweep_run(sweep, "test")
     return tracking.MLflowTrialLogger(sweep, parent)
 
 

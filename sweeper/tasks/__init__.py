@@ -8,31 +8,28 @@ on its own::
         train_metrics = task.train_one_epoch(epoch)   # {"train/loss": ..., "train/lr": ...}
         val_metrics = task.evaluate()                 # {"map": ..., "map50": ..., "ap/circle": ...}
 
-`trial_config` is the nested, fully-defaulted dict built from a sweep file's ``base`` with the
-trial's searched values applied (see ``sweeper.config.trial_config``). The registry maps names
-to import paths so that looking a task up does not import torch.
+`trial_config` is the task's validated trial config (``sweeper.config.build_trial``: the sweep
+file's ``base`` with the trial's values applied, read by attribute); a nested dict is validated
+into it too (``sweeper.config.as_trial_config``). Which tasks exist, and what each declares, is
+``sweeper.registry``: each task's ``spec.py`` beside its code.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Protocol
 
-#: task name -> "module:Class"; imported only when a trial (or `sweeper validate`) needs it.
-TASKS: dict[str, str] = {
-    "detection": "sweeper.tasks.detection.task:DetectionTask",
-    "dbnet": "sweeper.tasks.dbnet.task:DBNetTask",
-    "noop": "sweeper.tasks.noop:NoopTask",
-}
+from sweeper.registry import get_spec
+from sweeper.results import NonFiniteLossError  # noqa: F401 - raised by tasks, re-exported for them
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised by a task when the training loss becomes NaN/inf: the trial fails with this reason."""
 
 
 class Task(Protocol):
     """What the trainable needs from a task."""
 
-    def __init__(self, config: dict[str, Any], device: str = "cpu") -> None: ...
+    #: what the task resolved for itself (device, AMP on/off, ...), logged with the trial's config
+    runtime: dict[str, Any]
+
+    def __init__(self, config: Any, device: str = "cpu") -> None: ...
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (1-based); return metrics such as ``train/loss``, ``train/lr``."""
@@ -48,23 +45,21 @@ class Task(Protocol):
 
 def load_task(name: str) -> type:
     """Import and return the task class registered under ``name``."""
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-    module_name, _, cls_name = TASKS[name].partition(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return get_spec(name).load_task()
 
 
 def check_sweep(sweep: Any) -> None:
     """Checks that need the task's libraries (timm names); run before Ray starts, not in --dry-run."""
-    from sweeper.config import SweepConfigError
+    from sweeper.config import SweepConfigError, get_or_none
 
-    if sweep.spec.task in ("detection", "dbnet"):
+    keys = sweep.task.backbone_keys
+    if keys:
         from sweeper.tasks.backbones import check_backbone  # torch-free once cached
 
-        names = {("base.model.backbone", sweep.base["model"]["backbone"])}
+        names = {(f"base.{key}", get_or_none(sweep.base, key)) for key in keys}
         for dim in sweep.dimensions:
-            if dim.key == "model.backbone":
-                names |= {("search.model.backbone", v) for v in dim.values}
+            if dim.key in keys:
+                names |= {(f"search.{dim.key}", v) for v in dim.values}
         for field, name in sorted(names):
             try:
                 check_backbone(name)
@@ -93,13 +88,5 @@ def prepare_data(sweep: Any, log: Any = print) -> None:
 
 
 def synthesize(task: str, out: Any, *, images: int, size: int, seed: int) -> dict[str, Any]:
-    """Write a synthetic dataset for `task`: COCO shapes (detection) or UFO receipts (dbnet)."""
-    if task == "detection":
-        from sweeper.tasks.detection.synth import make_synthetic_coco
-
-        return make_synthetic_coco(out, images=images, size=size, seed=seed)
-    if task == "dbnet":
-        from sweeper.tasks.dbnet.synth import make_synthetic_receipts
-
-        return make_synthetic_receipts(out, images=images, size=size, seed=seed)
-    raise KeyError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    """Write the synthetic dataset task `task` declares (its spec's `synthesize`)."""
+    return get_spec(task).synthesizer()(out, images=images, size=size, seed=seed)

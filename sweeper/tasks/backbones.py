@@ -1,4 +1,5 @@
-"""Is a backbone name a timm model? Answered without importing torch when possible.
+"""timm backbones for every task: is a name a timm model (answered without importing torch when
+possible), and :func:`create_timm_body`, which builds one and loads local weights into it.
 
 `sweeper launch` checks every backbone a sweep names before Ray starts (a typo must fail in a
 second, not in every trial). timm's registry lives inside timm, and importing timm imports torch
@@ -12,14 +13,24 @@ closest names.
 
     check_backbone("resnet18.a1_in1k")   # ok: pretrained tags are valid timm names
     check_backbone("resnet81")           # ValueError: ... did you mean: resnet18, resnet101, ...?
+    body = create_timm_body({"backbone": "resnet18", "weights": "r18.safetensors"}, out_indices=3)
+
+torch and timm are imported inside the functions that need them, so that importing this module
+(and a cached check) stays torch-free.
 """
 from __future__ import annotations
 
 import difflib
 import os
 import tempfile
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def cache_dir() -> Path:
@@ -76,3 +87,85 @@ def check_backbone(name: object) -> None:
     close = difflib.get_close_matches(str(name), listed, n=5, cutoff=0.6)
     hint = f"; did you mean: {', '.join(close)}?" if close else "; see timm.list_models()"
     raise ValueError(f"model.backbone: unknown timm model {name!r}{hint}")
+
+
+def create_timm_body(model_cfg: Mapping[str, Any], **timm_kwargs: Any) -> nn.Module:
+    """The timm ``features_only`` backbone named by ``model_cfg`` (a trial config's ``model``
+    section), for every task: detection and DBNet build their bodies here.
+
+    ``model.backbone`` is checked against timm first (a typo names the closest models);
+    ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``out_indices``). ``model.weights`` is a local
+    file loaded through timm's ``pretrained_cfg_overlay``, never a download, and required by
+    ``model.pretrained: True``. timm loads it non-strictly, so the file is read first (a damaged one
+    fails with a clear ValueError) and the built body is then checked to hold its tensors.
+    """
+    import timm  # late: see the module docstring
+
+    name = model_cfg.get("backbone", "resnet18")
+    check_backbone(name)
+    weights = model_cfg.get("weights")
+    if model_cfg.get("pretrained", False) and not weights:
+        raise ValueError(
+            "model.pretrained: True needs model.weights (a local backbone file); "
+            "sweeps never download weights"
+        )
+    kwargs: dict[str, Any] = {"features_only": True, **timm_kwargs}
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ValueError(f"model.weights: backbone weights file not found: {path}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        in_file = _read_weights(path)
+    try:
+        body = timm.create_model(name, pretrained=bool(weights), **kwargs)
+    except (RuntimeError, KeyError) as exc:  # e.g. a tensor of the right name but another shape
+        if weights:
+            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: "
+                             f"{_shorten(str(exc))}") from exc
+        raise
+    if weights:
+        _check_loaded(body, in_file, f"model.weights: {weights} does not fit timm model {name!r}")
+    return body
+
+
+def _read_weights(path: Path) -> dict[str, tuple[tuple[int, ...], float]]:
+    """Fingerprints of the float tensors of a weights file, read as timm reads it (so a damaged
+    file fails here with a clear ValueError); only the fingerprints are kept, not the tensors."""
+    import timm
+    import torch
+
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as exc:  # torch.load / safetensors raise many types on a damaged file
+        raise ValueError(f"model.weights: cannot read {path} (truncated or not a checkpoint?): "
+                         f"{type(exc).__name__}: {_shorten(str(exc))}") from None
+    items = state.items() if isinstance(state, Mapping) else ()
+    prints = {k: _fingerprint(v) for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if not prints:
+        raise ValueError(f"model.weights: {path} holds no state dict of float tensors")
+    return prints
+
+
+def _shorten(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _fingerprint(t: torch.Tensor) -> tuple[tuple[int, ...], float]:
+    return tuple(t.shape), float(t.detach().double().sum())
+
+
+def _check_loaded(body: nn.Module, in_file: Mapping[str, tuple[tuple[int, ...], float]], what: str) -> None:
+    """Raise unless every weight tensor (2+ dims) of ``body`` holds a tensor of the file.
+
+    Compared by value (shape and sum), not name: timm's feature wrappers rename modules and its
+    checkpoint filters rename keys, but a weight that was loaded is a copy of a tensor in the file.
+    (1-d tensors are not compared: fresh norms and biases are constants any file may contain.)"""
+    found = set(in_file.values())
+    weights = {k: _fingerprint(v) for k, v in body.named_parameters() if v.ndim >= 2}
+    missing = [k for k, fp in weights.items() if fp not in found]
+    if missing:
+        used = set(weights.values())
+        unexpected = [k for k, fp in in_file.items() if fp not in used]
+        raise ValueError(f"{what}: {len(missing)} of its {len(weights)} weight tensors are not in the file "
+                         f"(missing e.g. {', '.join(missing[:5])}; unexpected keys in the file e.g. "
+                         f"{', '.join(unexpected[:5]) or 'none'})")

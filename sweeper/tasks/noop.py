@@ -10,11 +10,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sweeper.config.trial import as_trial_config
+
 
 class NoopTask:
-    def __init__(self, config: dict[str, Any], device: str = "cpu") -> None:
-        self.x, self.y = float(config["x"]), float(config["y"])
-        self.sleep_s = float(config["train"]["sleep_s"])
+    def __init__(self, config: Any, device: str = "cpu") -> None:
+        self.cfg = cfg = as_trial_config(config, "noop")
+        self.x, self.y = cfg.x, cfg.y
+        self.sleep_s = cfg.train.sleep_s
+        # nothing runs on a device or in mixed precision; said anyway, as every task says it
+        self.runtime: dict[str, Any] = {"device": "cuda" if str(device).startswith("cuda") else "cpu",
+                                        "amp": False, "channels_last": False}
 
     def _distance(self) -> float:
         return (self.x - 0.3) ** 2 + (self.y - 0.7) ** 2

@@ -1,13 +1,16 @@
 """Training pieces every task shares: seeding, optimizer, per-iteration LR schedule, RNG state,
-the non-finite-loss guard, the inference-time grid, and telling a dead DataLoader worker
-(`worker_crash`) from other errors.
+the training loop (`run_epoch`: micro-batches, AMP, the non-finite-loss guard, the epoch's
+metrics), the inference-time grid, and telling a dead DataLoader worker (`worker_crash`) from
+other errors.
 
-Tasks build these from the `train.*` block of a trial config, so `train.optimizer`, `train.lr`,
-`train.schedule`, `train.warmup_epochs` ... mean the same for detection and DBNet::
+Tasks build these from the validated `train` block of their trial config, so `train.optimizer`,
+`train.lr`, `train.schedule`, `train.warmup_epochs` ... mean the same for detection and DBNet; a
+task is then a builder of model, data, optimizer and evaluator::
 
-    seed_everything(cfg["train"]["seed"])
-    optimizer = build_optimizer(model, cfg["train"])
-    scheduler = build_scheduler(optimizer, cfg["train"], iters_per_epoch=len(loader))
+    seed_everything(cfg.train.seed)
+    opt = Optimization(model, cfg.train, iters_per_epoch=len(loader), amp=amp, cuda=cuda)
+    metrics = run_epoch(model, loader, loss_fn, opt, epoch=1, prepare=to_device,
+                        micro=cfg.train.micro_batches, amp=amp)
 """
 from __future__ import annotations
 
@@ -18,12 +21,15 @@ import os
 import random
 import re
 import signal
-from collections.abc import Callable, Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from sweeper.tasks import NonFiniteLossError
 
 #: the LR at the first warmup step, as a fraction of train.lr (torchvision's recipe uses 0.001).
 WARMUP_START_FACTOR = 0.001
@@ -70,25 +76,38 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.Optimizer:
+class TrainSettings(Protocol):
+    """The `train` keys the optimizer and schedule read: a task's validated `train` block
+    (`DetectionTrain`, `DBNetTrain`), whose schema holds every default."""
+
+    epochs: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    warmup_epochs: float
+    lr_steps: Sequence[float]
+    lr_gamma: float
+    grad_clip: float | None
+
+
+def build_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optimizer:
     """`train.optimizer` (sgd | adamw) with `train.lr`, `train.momentum`, `train.weight_decay`."""
-    lr, wd = float(train.get("lr", 0.01)), float(train.get("weight_decay", 1e-4))
-    groups = param_groups(model, wd)
-    name = train.get("optimizer", "sgd")
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(train.get("momentum", 0.9)))
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"train.optimizer: unknown optimizer {name!r}; known: sgd, adamw")
+    groups = param_groups(model, float(train.weight_decay))
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=float(train.lr), momentum=float(train.momentum))
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=float(train.lr))
+    raise ValueError(f"train.optimizer: unknown optimizer {train.optimizer!r}; known: sgd, adamw")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: Mapping[str, Any],
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSettings,
                     iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration schedule over `train.epochs` (stepped once per optimizer step)."""
-    total = max(1, int(train.get("epochs", 12)) * iters_per_epoch)
-    warmup = min(total, int(round(float(train.get("warmup_epochs", 1.0)) * iters_per_epoch)))
-    factor = lr_factor_fn(train.get("schedule", "cosine"), total, warmup,
-                          list(train.get("lr_steps") or []), float(train.get("lr_gamma", 0.1)))
+    total = max(1, int(train.epochs) * iters_per_epoch)
+    warmup = min(total, int(round(float(train.warmup_epochs) * iters_per_epoch)))
+    factor = lr_factor_fn(train.schedule, total, warmup, list(train.lr_steps), float(train.lr_gamma))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -122,22 +141,28 @@ def grid_points(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def best_over_grid(grid: Mapping[str, list[Any]], defaults: Mapping[str, Any],
-                   score: Callable[[dict[str, Any]], dict[str, float]], objective: str) -> dict[str, float]:
+                   score: Callable[[dict[str, Any]], dict[str, float]], objective: str,
+                   mode: Literal["max", "min"]) -> dict[str, float]:
     """Score the `post` defaults and every grid point from one set of predictions.
 
-    Returns the metrics of the point best for `objective` (higher is better), `best/<key>` for
-    each grid key and `default/<objective>` (the value at the defaults). Without a grid: the
-    defaults' metrics. An objective the scores do not contain is an error, not a silent pick.
+    Returns the metrics of the point best for `objective` in the sweep's `mode` (the grid picks
+    what the search optimises, so a `min` objective picks the smallest value; the first of equal
+    points wins), `best/<key>` for each grid key and `default/<objective>` (the value at the
+    defaults). Without a grid: the defaults' metrics. An objective the scores do not contain is
+    an error, not a silent pick.
     """
+    if mode not in ("max", "min"):
+        raise ValueError(f"objective.mode: expected max or min, got {mode!r}")
     default = score(dict(defaults))
     if not grid:
         return dict(default)
     if objective not in default:
-        raise ValueError(f"objective_metric: {objective!r} is not an evaluation metric; known: {', '.join(default)}")
+        raise ValueError(f"objective.metric: {objective!r} is not an evaluation metric; known: {', '.join(default)}")
+    sign = 1.0 if mode == "max" else -1.0
     best_point, best = None, None
     for point in grid_points(grid):
         metrics = score({**defaults, **point})
-        if best is None or metrics[objective] > best[objective]:
+        if best is None or sign * metrics[objective] > sign * best[objective]:
             best_point, best = point, metrics
     result = dict(best)
     result.update({f"best/{k}": float(v) for k, v in best_point.items()})
@@ -152,13 +177,13 @@ class Optimization:
     optional clipping, scheduler tick) and the checkpointed state in one place.
     """
 
-    def __init__(self, model: nn.Module, train: Mapping[str, Any], iters_per_epoch: int, *, amp: bool,
+    def __init__(self, model: nn.Module, train: TrainSettings, iters_per_epoch: int, *, amp: bool,
                  cuda: bool) -> None:
         self.model, self.cuda = model, cuda
         self.optimizer = build_optimizer(model, train)
         self.scheduler = build_scheduler(self.optimizer, train, iters_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        self.grad_clip = train.get("grad_clip")
+        self.grad_clip = train.grad_clip
 
     @property
     def lr(self) -> float:
@@ -223,6 +248,79 @@ def check_injected_oom(micro_batch: int) -> None:
     if limit is not None and micro_batch > int(limit):
         raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {INJECT_OOM_ENV}={limit} for a "
                                      f"micro-batch of {micro_batch})")
+
+
+#: one micro-batch's (inputs, targets) -> its named loss tensors. A `loss` entry is the total (a
+#: loss that weights its own terms, as DBNet's); without one the total is the sum of the entries
+#: (a torchvision detector's loss dict). Every other entry is a term, logged as
+#: `train/loss_<name without a loss_ prefix>`.
+LossFn = Callable[[Any, Any], Mapping[str, torch.Tensor]]
+
+
+def _part(batch: Any, part: slice) -> Any:
+    """One micro-batch of inputs or targets: a list or batch tensor sliced, a dict of batch
+    tensors (DBNet's label maps) sliced per key."""
+    return {k: v[part] for k, v in batch.items()} if isinstance(batch, Mapping) else batch[part]
+
+
+def run_epoch(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, opt: Optimization, *, epoch: int,
+              prepare: Callable[[Any], tuple[Any, Any]], micro: int = 1, amp: bool = False) -> dict[str, float]:
+    """Train `model` for one epoch of `loader`: the loop every task shares, so micro-batching,
+    AMP, the NaN/inf guard and the epoch's metrics mean the same for each (torchvision's
+    references' `train_one_epoch` is the model: built objects in, metrics out).
+
+    `prepare` puts one loader batch on the device as (inputs, targets), each a list, a batch
+    tensor or a dict of batch tensors. Each batch is one optimizer step: split into `micro`
+    micro-batches (`train.micro_batches`) whose losses, weighted by their share of the batch,
+    accumulate gradients, so the effective batch and the LR schedule do not depend on it.
+    `loss_fn` runs under CUDA autocast when `amp`.
+
+    Returns `train/loss` (mean over the steps), `train/lr` (the last step's LR),
+    `train/images_per_s` and the mean of each loss term. A NaN/inf loss raises
+    NonFiniteLossError naming epoch, step, value and terms; so does a forward pass that fails on
+    NaN/inf weights (exploded weights often break box decoding or matching before a loss exists).
+    """
+    model.train()
+    n_steps, n_images, total, lr = len(loader), 0, 0.0, 0.0
+    terms: dict[str, float] = {}
+    start = time.perf_counter()
+    for step, batch in enumerate(loader, start=1):
+        inputs, targets = prepare(batch)
+        n = len(inputs)
+        lr = opt.lr
+        opt.zero_grad()
+        for part in micro_batches(n, micro):
+            size = part.stop - part.start
+            check_injected_oom(size)
+            share = size / n
+            try:
+                with torch.autocast("cuda", enabled=amp):
+                    losses = loss_fn(_part(inputs, part), _part(targets, part))
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                    raise NonFiniteLossError(f"epoch {epoch}, step {step}/{n_steps}: model weights are NaN/inf "
+                                             f"(forward failed: {exc})") from exc
+                raise
+            step_terms = {k: v for k, v in losses.items() if k != "loss"}
+            loss = losses["loss"] if "loss" in losses else sum(step_terms.values())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in step_terms.items())
+                raise NonFiniteLossError(f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} "
+                                         f"({parts})")
+            opt.backward(loss * share)
+            total += value * share
+            for k, v in step_terms.items():
+                terms[k] = terms.get(k, 0.0) + float(v.detach()) * share
+        opt.update()
+        n_images += n
+    steps = max(1, n_steps)
+    metrics = {"train/loss": total / steps, "train/lr": lr,
+               "train/images_per_s": n_images / max(time.perf_counter() - start, 1e-9)}
+    metrics.update({f"train/loss_{k.removeprefix('loss_')}": v / steps for k, v in terms.items()})
+    return metrics
 
 
 #: test-only fault injection: a DataLoader worker loading a training item of this epoch SIGKILLs itself

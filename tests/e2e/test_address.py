@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .conftest import RayNode, free_port, launch_sweep, run_sweeper
 
 pytestmark = pytest.mark.slow
 
@@ -31,40 +27,22 @@ budget: {num_samples: 1}
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def ray_head(tmp_path: Path):  # noqa: ANN201
-    """A real Ray head started with `ray start --block`, stopped by its process group."""
-    ray = Path(sys.executable).parent / "ray"
-    head = subprocess.Popen([str(ray), "start", "--head", f"--port={free_port()}", "--num-cpus=2",
-                             "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--block"],
-                            stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+def ray_head(tmp_path: Path) -> Iterator[RayNode]:
+    """A real Ray head started with `ray start --block`, stopped by its session."""
+    head = RayNode(["--head", f"--port={free_port()}", "--num-cpus=2", "--include-dashboard=false",
+                    "--node-ip-address=127.0.0.1"], tmp_path / "head.log", timeout=60)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and "Ray runtime started" not in (tmp_path / "head.log").read_text():
-            assert head.poll() is None, (tmp_path / "head.log").read_text()
-            time.sleep(0.5)
         yield head
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
+        head.stop()
 
 
 def test_launch_joins_a_running_cluster_and_survives_a_diverging_trial(tmp_path: Path, ray_head) -> None:  # noqa: ANN001
-    (tmp_path / "s.yaml").write_text(textwrap.dedent(SWEEP))
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "s.yaml", "--address", "auto"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = launch_sweep(tmp_path, SWEEP, "--address", "auto", file="s.yaml", timeout=300)
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert "1 finished, 0 stopped early by ASHA, 1 failed of 2 trials" in proc.stdout
-    board = json.loads(subprocess.run([sys.executable, "-m", "sweeper.cli", "leaderboard", "joined", "--format", "json"],
-                                      cwd=tmp_path, capture_output=True, text=True, check=True).stdout)
+    board = json.loads(run_sweeper(["leaderboard", "joined", "--format", "json"], tmp_path, check=True).stdout)
     rows = board["rows"]
     assert [r["status"] for r in rows] == ["finished", "diverged"]  # failed trials sort last
     assert float(rows[1]["train.lr"]) == 1e10

@@ -7,49 +7,24 @@
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
+import json
 import time
 from pathlib import Path
 
 import pytest
 
+from .conftest import COMMAND_SCRIPTS, launch_sweep, mlflow_client, run_sweeper, trial_runs, write_sweep
+
 pytestmark = pytest.mark.slow
-
-SCRIPTS = Path(__file__).parents[1] / "command_scripts"
-SWEEPER = [sys.executable, "-m", "sweeper.cli"]
-
-
-def launch(cwd: Path, text: str, *extra: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    sweep = cwd / "sweep.yaml"
-    sweep.write_text(textwrap.dedent(text))
-    proc = subprocess.run([*SWEEPER, "launch", str(sweep), *extra], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
-
-
-def trial_runs(cwd: Path, name: str) -> list:
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}")
-    exp = c.get_experiment_by_name(name)
-    return c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")
 
 
 def history(cwd: Path, run_id: str, key: str) -> list[tuple[int, float]]:
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}")
+    c = mlflow_client(cwd)
     return [(m.step, m.value) for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def artifacts(cwd: Path, run_id: str) -> list[str]:
-    from mlflow import MlflowClient
-
-    return [a.path for a in MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}").list_artifacts(run_id)]
+    return [a.path for a in mlflow_client(cwd).list_artifacts(run_id)]
 
 
 def _alive(pid: int) -> bool:
@@ -63,12 +38,12 @@ def _alive(pid: int) -> bool:
 def test_hydra_lightning_script_with_csv_logger(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     pytest.importorskip("hydra")
-    launch(tmp_path, f"""
+    launch_sweep(tmp_path, f"""
         name: hydra-lightning
         task: command
         command:
           run: "{{python}} train.py hydra.run.dir={{trial_dir}}/hydra {{overrides}}"
-          workdir: {SCRIPTS / 'hydra_lightning'}
+          workdir: {COMMAND_SCRIPTS / 'hydra_lightning'}
           overrides: hydra
           metrics: "csv:{{trial_dir}}/lightning_logs/version_*/metrics.csv"
           epochs: 3
@@ -96,11 +71,11 @@ def test_hydra_lightning_script_with_csv_logger(tmp_path: Path) -> None:
 
 def test_argparse_script_asha_stops_and_leaves_no_process(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    proc = launch(tmp_path, f"""
+    proc = launch_sweep(tmp_path, f"""
         name: asha-script
         task: command
         command:
-          run: "{{python}} {SCRIPTS / 'train_argparse.py'} {{overrides}}"
+          run: "{{python}} {COMMAND_SCRIPTS / 'train_argparse.py'} {{overrides}}"
           overrides: argparse
           stop_grace_s: 3
         base:
@@ -127,17 +102,16 @@ def test_argparse_script_asha_stops_and_leaves_no_process(tmp_path: Path) -> Non
         time.sleep(0.2)
     assert [p for p in started if _alive(p)] == []
     assert "stopped early" in proc.stdout
-    board = subprocess.run([*SWEEPER, "leaderboard", "asha-script", "--format", "json"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)
+    board = run_sweeper(["leaderboard", "asha-script", "--format", "json"], tmp_path, timeout=60)
     assert board.returncode == 0 and '"val/loss"' in board.stdout
 
 
 def test_crash_resumes_from_script_checkpoint_and_exit_1_fails_clearly(tmp_path: Path) -> None:
-    launch(tmp_path, f"""
+    launch_sweep(tmp_path, f"""
         name: faults
         task: command
         command:
-          run: "{{python}} {SCRIPTS / 'train_argparse.py'} {{overrides}}"
+          run: "{{python}} {COMMAND_SCRIPTS / 'train_argparse.py'} {{overrides}}"
           overrides: argparse
         base:
           epochs: 5
@@ -159,9 +133,7 @@ def test_crash_resumes_from_script_checkpoint_and_exit_1_fails_clearly(tmp_path:
     assert history(tmp_path, ok.info.run_id, "resumed_from")[-1] == (5, 3.0)  # continued, not restarted
     assert bad.data.tags["sweeper.status"] == "failed"
     assert "FileNotFoundError: dataset /data/missing.json" in bad.data.tags["sweeper.error"]  # the leaderboard's line
-    from mlflow import MlflowClient
-
-    error = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").download_artifacts(bad.info.run_id, "error.txt", str(tmp_path))
+    error = mlflow_client(tmp_path).download_artifacts(bad.info.run_id, "error.txt", str(tmp_path))
     text = Path(error).read_text()
     assert "command exited with code 1" in text
     assert "FileNotFoundError: dataset /data/missing.json does not exist" in text
@@ -169,11 +141,11 @@ def test_crash_resumes_from_script_checkpoint_and_exit_1_fails_clearly(tmp_path:
 
 
 def test_command_ablation_passes_variant_and_seed_to_the_script(tmp_path: Path) -> None:
-    launch(tmp_path, f"""
+    launch_sweep(tmp_path, f"""
         name: cmd-ablation
         task: command
         command:
-          run: "{{python}} {SCRIPTS / 'train_argparse.py'} {{overrides}}"
+          run: "{{python}} {COMMAND_SCRIPTS / 'train_argparse.py'} {{overrides}}"
           overrides: argparse
           epochs: 2
         base:
@@ -192,19 +164,17 @@ def test_command_ablation_passes_variant_and_seed_to_the_script(tmp_path: Path) 
     assert seen == [("baseline", "0", "0", None), ("baseline", "1", "1", None),
                     ("hidden=4", "0", "0", "4"), ("hidden=4", "1", "1", "4")]
     assert all(r.data.tags["sweeper.status"] == "finished" for r in runs)
-    board = subprocess.run([*SWEEPER, "leaderboard", "cmd-ablation", "--group", "variant", "--format", "json"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    board = run_sweeper(["leaderboard", "cmd-ablation", "--group", "variant", "--format", "json"], tmp_path, timeout=60)
     assert board.returncode == 0, board.stderr
-    assert [r["n"] for r in __import__("json").loads(board.stdout)["rows"]] == [2, 2]
+    assert [r["n"] for r in json.loads(board.stdout)["rows"]] == [2, 2]
 
 
 def test_too_many_failed_trials_stop_the_sweep(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(textwrap.dedent(f"""
+    write_sweep(tmp_path / "sweep.yaml", f"""
         name: broken
         task: command
         command:
-          run: "{{python}} {SCRIPTS / 'train_argparse.py'} --fail true {{overrides}}"
+          run: "{{python}} {COMMAND_SCRIPTS / 'train_argparse.py'} --fail true {{overrides}}"
           overrides: argparse
           epochs: 2
         search:
@@ -212,9 +182,8 @@ def test_too_many_failed_trials_stop_the_sweep(tmp_path: Path) -> None:
         objective: {{metric: val/acc, mode: max}}
         scheduler: {{name: fifo}}
         budget: {{num_samples: 8, max_concurrent: 1, max_failed_trials: 1}}
-    """))
-    proc = subprocess.run([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    """)
+    proc = run_sweeper(["launch", "sweep.yaml"], tmp_path, timeout=300)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "more than budget.max_failed_trials (1)" in proc.stderr
     runs = trial_runs(tmp_path, "broken")
@@ -228,7 +197,7 @@ def test_secrets_reach_the_script_but_never_mlflow_or_the_terminal(tmp_path: Pat
         "import os\nfrom sweeper.report import report\n"
         "ok = os.environ.get('SWEEPER_PARAM_WANDB_API_KEY') == 'topsecret1' and os.environ.get('MY_TOKEN') == 'topsecret2'\n"
         "report(epoch=1, ok=float(ok))\n")
-    proc = launch(tmp_path, f"""
+    proc = launch_sweep(tmp_path, f"""
         name: secrets
         task: command
         command:
@@ -243,16 +212,13 @@ def test_secrets_reach_the_script_but_never_mlflow_or_the_terminal(tmp_path: Pat
         scheduler: {{name: fifo}}
         budget: {{num_samples: 1}}
     """, "--set", "budget.max_concurrent=1")
-    dry = subprocess.run([*SWEEPER, "launch", "sweep.yaml", "--dry-run"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    dry = run_sweeper(["launch", "sweep.yaml", "--dry-run"], tmp_path, timeout=60)
+    c = mlflow_client(tmp_path)
     (run,) = trial_runs(tmp_path, "secrets")
     assert run.data.metrics["ok"] == 1.0  # the script got both values
     assert "wandb.api_key" not in run.data.params and run.data.params["lr"] == "0.1"
     exp = c.get_experiment_by_name("secrets")
-    texts = [proc.stdout, proc.stderr, dry.stdout, json_dump(run.data.params), json_dump(run.data.tags)]
+    texts = [proc.stdout, proc.stderr, dry.stdout, json.dumps(run.data.params), json.dumps(run.data.tags)]
     for r in c.search_runs([exp.experiment_id]):
         for a in c.list_artifacts(r.info.run_id):
             if not a.is_dir:
@@ -260,9 +226,3 @@ def test_secrets_reach_the_script_but_never_mlflow_or_the_terminal(tmp_path: Pat
     assert len(texts) > 6  # sweep.yaml, sweep.resolved.json, trial_config.json, command.log, ...
     for text in texts:
         assert "topsecret" not in text
-
-
-def json_dump(obj: object) -> str:
-    import json
-
-    return json.dumps(obj)

@@ -1,12 +1,11 @@
 """A DBNet sweep end to end on synthetic receipts: real Ray, real MLflow, the eval grid."""
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from .conftest import launch_sweep, mlflow_client, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +28,10 @@ resources: {cpu: 1}
 
 
 def test_dbnet_sweep_improves_hmean_and_logs_the_chosen_grid_point(tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text(textwrap.dedent(SWEEP))
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "s.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = launch_sweep(tmp_path, SWEEP, file="s.yaml", timeout=600)
     assert "1 finished" in proc.stdout
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("dbnet-e2e")
-    runs = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")
+    c = mlflow_client(tmp_path)
+    runs = trial_runs(c, "dbnet-e2e")
     assert len(runs) == 1
     for run in runs:
         m = run.data.metrics

@@ -3,13 +3,11 @@ training step) falls back to micro-batches that keep the effective batch; past t
 the trial fails with a message that says what to change."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from .conftest import launch_sweep, mlflow_client, run_sweeper, sweeper_env, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +29,11 @@ checkpoint: {min_interval_s: 0}
 
 
 def test_out_of_memory_halves_the_per_step_batch_then_gives_up(tmp_path: Path) -> None:
-    (tmp_path / "oom.yaml").write_text(textwrap.dedent(SWEEP))
     # every micro-batch above 1 image "runs out of memory": batch 2 needs 1 retry (2 micro-batches),
     # batch 4 would need 2 but the budget allows 1
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "oom.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", "SWEEPER_INJECT_OOM_ABOVE": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("oom")
-    runs = {r.data.params["train.batch_size"]: r for r in c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")}
+    proc = launch_sweep(tmp_path, SWEEP, file="oom.yaml", env=sweeper_env(SWEEPER_INJECT_OOM_ABOVE="1"))
+    c = mlflow_client(tmp_path)
+    runs = {r.data.params["train.batch_size"]: r for r in trial_runs(c, "oom")}
     ok, failed = runs["2"], runs["4"]
     assert ok.data.tags["sweeper.status"] == "finished"
     assert ok.data.tags["sweeper.oom_retries"] == "1" and ok.data.tags["sweeper.micro_batches"] == "2"
@@ -70,24 +61,16 @@ def test_a_dead_data_loader_worker_fails_the_trial_saying_so(tmp_path: Path) -> 
     """The worker loading epoch 2 is SIGKILLed (the test hook in the detection dataset): the trial
     fails with a DataLoaderWorkerError naming the crash, the signal and what to change, in MLflow
     and on the leaderboard, after epoch 1 was recorded."""
-    (tmp_path / "crash.yaml").write_text(textwrap.dedent(WORKER_CRASH_SWEEP))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SWEEPER_INJECT_WORKER_CRASH": "2"}
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "crash.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=400, env=env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("worker-crash")
-    (run,) = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")
+    env = sweeper_env(SWEEPER_INJECT_WORKER_CRASH="2")
+    launch_sweep(tmp_path, WORKER_CRASH_SWEEP, file="crash.yaml", env=env)
+    c = mlflow_client(tmp_path)
+    (run,) = trial_runs(c, "worker-crash")
     error = run.data.tags["sweeper.error"]
     assert run.data.tags["sweeper.status"] == "failed" and run.info.status == "FAILED"
     assert error.startswith("sweeper.tasks.training.DataLoaderWorkerError: DataLoader worker crash: worker "
                             "process (pid "), error
     assert "died while training epoch 2, killed by signal SIGKILL" in error and "Lower train.workers" in error, error
     assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1]
-    board = subprocess.run([sys.executable, "-m", "sweeper.cli", "leaderboard", "worker-crash", "--format", "json"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    board = run_sweeper(["leaderboard", "worker-crash", "--format", "json"], tmp_path, timeout=120, env=env)
     assert board.returncode == 0, board.stdout + board.stderr
     assert "DataLoader worker crash" in board.stdout and "SIGKILL" in board.stdout, board.stdout

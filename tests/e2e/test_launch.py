@@ -7,19 +7,16 @@ that starts nothing, and a relaunch after Ctrl-C that continues without duplicat
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from .conftest import mlflow_client, run_sweeper, start_sweeper, trial_runs, write_sweep
 
-SWEEPER = [sys.executable, "-m", "sweeper.cli"]
+pytestmark = pytest.mark.slow
 
 # Objective `train/loss`: it always differs between learning rates, so ASHA has something to cut
 # even after a few seconds of CPU training (map50 of a 2-epoch detector is often exactly 0).
@@ -42,35 +39,19 @@ checkpoint: {{min_interval_s: {ckpt_s}}}
 """
 
 
-def write_sweep(tmp: Path, name: str, n: int = 4, conc: int = 1, ckpt_s: float = 60) -> Path:
-    path = tmp / f"{name}.yaml"
-    path.write_text(textwrap.dedent(SWEEP.format(name=name, n=n, conc=conc, ckpt_s=ckpt_s)))
-    return path
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*SWEEPER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def trial_runs(cwd: Path, name: str) -> list:
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}")
-    exp = c.get_experiment_by_name(name)
-    return c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'") if exp else []
+def asha_sweep(tmp: Path, name: str, n: int = 4, conc: int = 1, ckpt_s: float = 60) -> Path:
+    return write_sweep(tmp / f"{name}.yaml", SWEEP.format(name=name, n=n, conc=conc, ckpt_s=ckpt_s))
 
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     cwd = tmp_path_factory.mktemp("asha")
-    proc = run_cli(["launch", str(write_sweep(cwd, "asha"))], cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_sweeper(["launch", str(asha_sweep(cwd, "asha"))], cwd, check=True)
     return cwd, proc
 
 
 def test_dry_run_starts_nothing(tmp_path: Path) -> None:
-    proc = run_cli(["launch", str(write_sweep(tmp_path, "dry")), "--dry-run"], tmp_path, timeout=60)
+    proc = run_sweeper(["launch", str(asha_sweep(tmp_path, "dry")), "--dry-run"], tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "train.lr" in proc.stdout and "loguniform" in proc.stdout and "ASHA" in proc.stdout
     assert "dry run: nothing was started" in proc.stdout
@@ -83,9 +64,7 @@ def test_one_child_run_per_trial_with_params_and_epoch_metrics(finished_sweep) -
     runs = trial_runs(cwd, "asha")
     assert len(runs) == 4
     assert len({r.data.tags["sweeper.trial_id"] for r in runs}) == 4
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}")
+    c = mlflow_client(cwd)
     for run in runs:
         params = run.data.params
         assert float(params["train.lr"]) > 0 and params["train.optimizer"] in ("sgd", "adamw")
@@ -127,7 +106,7 @@ def test_short_epochs_checkpoint_only_their_last_epoch(finished_sweep) -> None: 
 
 def test_leaderboard_order_matches_metrics(finished_sweep) -> None:  # noqa: ANN001
     cwd, _ = finished_sweep
-    proc = run_cli(["leaderboard", "asha", "--format", "json"], cwd, timeout=60)
+    proc = run_sweeper(["leaderboard", "asha", "--format", "json"], cwd, timeout=60)
     assert proc.returncode == 0, proc.stderr
     board = json.loads(proc.stdout)
     values = [row["train/loss"] for row in board["rows"]]
@@ -135,19 +114,17 @@ def test_leaderboard_order_matches_metrics(finished_sweep) -> None:  # noqa: ANN
     runs = {r.data.tags["sweeper.trial_id"]: r for r in trial_runs(cwd, "asha")}
     for row in board["rows"]:
         assert row["train/loss"] == pytest.approx(runs[row["trial"]].data.metrics["best_objective"])
-    md = run_cli(["leaderboard", "asha", "--format", "markdown", "--top", "2"], cwd, timeout=60).stdout
+    md = run_sweeper(["leaderboard", "asha", "--format", "markdown", "--top", "2"], cwd, timeout=60).stdout
     assert md.splitlines()[0].startswith("| trial | status | epoch | train/loss | train.lr")
     assert len(md.strip().splitlines()) == 4
-    csv_out = run_cli(["leaderboard", "asha", "--format", "csv"], cwd, timeout=60).stdout
+    csv_out = run_sweeper(["leaderboard", "asha", "--format", "csv"], cwd, timeout=60).stdout
     assert len(csv_out.strip().splitlines()) == 5 and "map_small" in csv_out.splitlines()[0]
 
 
 @pytest.mark.parametrize("how", ["relaunch", "resume"])
 def test_interrupted_sweep_continues_without_duplicate_runs(tmp_path: Path, how: str) -> None:
-    sweep = write_sweep(tmp_path, "resume", n=4, conc=1, ckpt_s=0)  # every epoch, so a kill has something
-    proc = subprocess.Popen([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    sweep = asha_sweep(tmp_path, "resume", n=4, conc=1, ckpt_s=0)  # every epoch, so a kill has something
+    proc = start_sweeper(["launch", str(sweep)], tmp_path)
     deadline = time.time() + 240
     while time.time() < deadline:  # wait until two trials have checkpointed (files, not MLflow:
         # reading the store while the launch creates it would race its schema migration)
@@ -162,7 +139,7 @@ def test_interrupted_sweep_continues_without_duplicate_runs(tmp_path: Path, how:
     assert 2 <= len(before) <= 4
 
     args = ["launch", str(sweep)] if how == "relaunch" else ["resume", "resume"]  # NAME under ./runs
-    again = run_cli(args, tmp_path)
+    again = run_sweeper(args, tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "continuing sweep" in again.stdout
     runs = trial_runs(tmp_path, "resume")
@@ -170,9 +147,7 @@ def test_interrupted_sweep_continues_without_duplicate_runs(tmp_path: Path, how:
     assert len(ids) == 4 and len(set(ids)) == 4
     for trial_id, run_id in before.items():  # the same run continued, not a new one
         assert {r.data.tags["sweeper.trial_id"]: r.info.run_id for r in runs}[trial_id] == run_id
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    c = mlflow_client(tmp_path)
     for run in runs:
         assert run.data.tags["sweeper.status"] in ("finished", "stopped")
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "epoch")]
@@ -181,7 +156,7 @@ def test_interrupted_sweep_continues_without_duplicate_runs(tmp_path: Path, how:
 
 def test_changed_sweep_is_not_silently_continued(finished_sweep) -> None:  # noqa: ANN001
     cwd, _ = finished_sweep
-    proc = run_cli(["launch", str(cwd / "asha.yaml"), "--set", "train.epochs=2"], cwd, timeout=120)
+    proc = run_sweeper(["launch", str(cwd / "asha.yaml"), "--set", "train.epochs=2"], cwd, timeout=120)
     assert proc.returncode == 2
     assert "different configuration" in proc.stderr and "--fresh" in proc.stderr
 
@@ -189,9 +164,8 @@ def test_changed_sweep_is_not_silently_continued(finished_sweep) -> None:  # noq
 def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path: Path) -> None:
     """The driver dies without any chance to clean up (SIGKILL, as on a reboot or an OOM kill):
     `sweeper resume` continues from what Ray and MLflow had persisted."""
-    sweep = write_sweep(tmp_path, "killed", n=4, conc=2, ckpt_s=0)
-    proc = subprocess.Popen([*SWEEPER, "launch", str(sweep)], cwd=tmp_path, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep = asha_sweep(tmp_path, "killed", n=4, conc=2, ckpt_s=0)
+    proc = start_sweeper(["launch", str(sweep)], tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rung_file = tmp_path / "runs" / "killed" / "asha_rungs.json"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -207,11 +181,9 @@ def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path: 
     rungs_before = json.loads(rung_file.read_text())["brackets"][0]
     assert any(recorded for _, recorded in rungs_before)
 
-    again = run_cli(["resume", "killed"], tmp_path)
+    again = run_sweeper(["resume", "killed"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    c = mlflow_client(tmp_path)
     runs = trial_runs(tmp_path, "killed")
     assert sorted(r.data.tags["sweeper.trial_id"] for r in runs) == sorted({r.data.tags["sweeper.trial_id"] for r in runs})
     assert len(runs) == 4

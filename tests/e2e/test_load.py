@@ -4,14 +4,13 @@ Exactly 500 MLflow child runs with correct statuses, and the driver's peak memor
 from /proc while it runs) stays bounded. The figures are printed for the issue note."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from .conftest import mlflow_client, start_sweeper, trial_runs, write_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from results_io import peak_rss_mb  # noqa: E402  (bench/ is a folder of scripts, not a package)
@@ -33,11 +32,9 @@ budget: {{num_samples: {TRIALS}, max_concurrent: 2}}
 
 
 def test_500_trials_give_500_runs_with_bounded_driver_memory(tmp_path: Path) -> None:
-    (tmp_path / "load.yaml").write_text(textwrap.dedent(SWEEP))
+    write_sweep(tmp_path / "load.yaml", SWEEP)
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "sweeper.cli", "launch", "load.yaml"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_sweeper(["launch", "load.yaml"], tmp_path)
     peak, samples = 0.0, []
     import threading
 
@@ -53,16 +50,13 @@ def test_500_trials_give_500_runs_with_bounded_driver_memory(tmp_path: Path) -> 
     reader.join(timeout=30)
     wall = time.time() - t0
     assert proc.returncode == 0, "".join(out)[-4000:]
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("load")
-    runs = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'", max_results=5000)
+    c = mlflow_client(tmp_path)
+    runs = trial_runs(c, "load", max_results=5000)
     assert len(runs) == TRIALS
     assert len({r.data.tags["sweeper.trial_id"] for r in runs}) == TRIALS
     assert all(r.data.tags["sweeper.status"] == "finished" and r.info.status == "FINISHED" for r in runs)
     assert all(0 <= r.data.metrics["score"] <= 1 for r in runs)
-    parent = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'sweep'")[0]
+    parent = trial_runs(c, "load", kind="sweep")[0]
     assert parent.info.status == "FINISHED"
     # bounded: the high-water mark after the first 100 trials hardly grows over the next 400
     early = max((rss for t, rss in samples if t < wall * 0.2), default=peak)

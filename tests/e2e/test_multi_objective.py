@@ -3,13 +3,11 @@ objectives, the leaderboard shows both and `sweeper report` draws the Pareto fro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from .conftest import run_sweeper, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -30,24 +28,17 @@ budget: {num_samples: 3, max_concurrent: 2}
 """
 
 
-def cli(args: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
-
-
 def test_multi_objective_search_reports_a_pareto_front(tmp_path: Path) -> None:
-    (tmp_path / "mo.yaml").write_text(textwrap.dedent(SWEEP))
-    assert "multi-objective" in cli(["launch", "mo.yaml", "--dry-run"], tmp_path, timeout=60).stdout
-    cli(["launch", "mo.yaml"], tmp_path)
-    board = json.loads(cli(["leaderboard", "mo", "--format", "json"], tmp_path, timeout=60).stdout)
+    write_sweep(tmp_path / "mo.yaml", SWEEP)
+    assert "multi-objective" in run_sweeper(["launch", "mo.yaml", "--dry-run"], tmp_path, timeout=60, check=True).stdout
+    run_sweeper(["launch", "mo.yaml"], tmp_path, timeout=400, check=True)
+    board = json.loads(run_sweeper(["leaderboard", "mo", "--format", "json"], tmp_path, timeout=60, check=True).stdout)
     assert board["secondary"] == ["map_small"] and len(board["rows"]) == 3
     losses = [r["train/loss"] for r in board["rows"]]
     assert losses == sorted(losses) and all(r["map_small"] is not None for r in board["rows"])
-    md = cli(["leaderboard", "mo", "--format", "markdown"], tmp_path, timeout=60).stdout
+    md = run_sweeper(["leaderboard", "mo", "--format", "markdown"], tmp_path, timeout=60, check=True).stdout
     assert md.splitlines()[0].startswith("| trial | status | epoch | train/loss | map_small | train.lr")
-    cli(["report", "mo"], tmp_path, timeout=180)
+    run_sweeper(["report", "mo"], tmp_path, timeout=180, check=True)
     out = tmp_path / "reports" / "mo"
     assert (out / "figures" / "pareto.png").is_file()
     assert "Pareto" in (out / "report.md").read_text()

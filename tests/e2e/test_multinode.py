@@ -9,15 +9,11 @@ Every process a test starts is killed by PID at the end (each `ray start` leads 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -25,84 +21,24 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import RayNode, all_pids, free_port, kill_pids, mlflow_client, proc_stat, ray_results
+from .conftest import start_sweeper, sweeper_env, trial_runs, write_sweep
+
 pytestmark = pytest.mark.slow
 
-RAY = Path(sys.executable).parent / "ray"
 NODE_B_IP = "127.0.0.2"
 # a dead raylet is noticed after period x threshold: ~3 s instead of Ray's default ~15 s
 FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
                      "RAY_health_check_timeout_ms": "1000"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, session id) of a process, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[1]), int(fields[3])
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def session_pids(sid: int) -> list[int]:
-    return [pid for pid in _pids() if (st := _stat(pid)) and st[1] == sid]
-
-
 def descendants(pid: int) -> list[int]:
-    parents = {p: st[0] for p in _pids() if (st := _stat(p))}
+    parents = {p: st[0] for p in all_pids() if (st := proc_stat(p))}
     out, frontier = [], {pid}
     while frontier:
         frontier = {p for p, parent in parents.items() if parent in frontier}
         out += sorted(frontier)
     return out
-
-
-def kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL every process of the session `proc` leads (it was started with a new session)."""
-    for pid in session_pids(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
-class Node:
-    """A `ray start --block` in its own session, its log, and the IP it took."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
-        self.log = log
-        self.proc = subprocess.Popen([str(RAY), "start", *args, "--block"], stdout=log.open("w"),
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.time() + 90
-        while "Ray runtime started" not in log.read_text():
-            if self.proc.poll() is not None or time.time() > deadline:
-                kill_session(self.proc)
-                pytest.fail(f"ray start did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        self.ip = re.search(r"Local node IP: (\S+)", log.read_text()).group(1)
-
-    def raylet_pid(self) -> int:
-        for pid in session_pids(self.proc.pid):
-            try:
-                if "raylet/raylet" in Path(f"/proc/{pid}/cmdline").read_text():
-                    return pid
-            except OSError:
-                pass
-        raise LookupError(f"no raylet in session {self.proc.pid}")
-
-    def stop(self) -> None:
-        kill_session(self.proc)
 
 
 def _ports(*flags: str) -> list[str]:
@@ -112,22 +48,22 @@ def _ports(*flags: str) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster_env() -> Iterator[dict[str, str]]:
     """Environment for the nodes and drivers: the session's Ray token, token auth on."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1", **FAST_HEALTH_CHECK}
+    env = sweeper_env(RAY_AUTH_MODE="token", **FAST_HEALTH_CHECK)
     env.pop("RAY_ADDRESS", None)
     yield env
 
 
 @pytest.fixture(scope="module")
-def head(cluster_env: dict[str, str]) -> Iterator[tuple[Node, str]]:
+def head(cluster_env: dict[str, str]) -> Iterator[tuple[RayNode, str]]:
     """The head node (1 CPU, resource `node_a`) with its own short temp dir and ports."""
     tmp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")  # short: Ray's unix sockets live under it
     port = free_port()
-    node = Node(["--head", f"--port={port}", "--num-cpus=1", '--resources={"node_a": 1}',
-                 "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={tmp}",
-                 "--memory=2000000000", "--object-store-memory=100000000", "--disable-usage-stats",
-                 *_ports("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                         "runtime-env-agent-port", "metrics-export-port")],
-                Path(tmp) / "head.log", cluster_env)
+    node = RayNode(["--head", f"--port={port}", "--num-cpus=1", '--resources={"node_a": 1}',
+                   "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={tmp}",
+                   "--memory=2000000000", "--object-store-memory=100000000", "--disable-usage-stats",
+                   *_ports("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                           "runtime-env-agent-port", "metrics-export-port")],
+                  Path(tmp) / "head.log", cluster_env)
     try:
         yield node, f"127.0.0.1:{port}"
     finally:
@@ -136,14 +72,14 @@ def head(cluster_env: dict[str, str]) -> Iterator[tuple[Node, str]]:
 
 
 @pytest.fixture()
-def node_b(head: tuple[Node, str], cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Node]:
+def node_b(head: tuple[RayNode, str], cluster_env: dict[str, str], tmp_path: Path) -> Iterator[RayNode]:
     """A second raylet (1 CPU, resource `node_b`) joining the head on 127.0.0.2."""
     _, address = head
-    node = Node([f"--address={address}", "--num-cpus=1", '--resources={"node_b": 1}',
-                 f"--node-ip-address={NODE_B_IP}", "--memory=2000000000", "--object-store-memory=100000000",
-                 *_ports("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                         "metrics-export-port")],
-                tmp_path / "node_b.log", cluster_env)
+    node = RayNode([f"--address={address}", "--num-cpus=1", '--resources={"node_b": 1}',
+                   f"--node-ip-address={NODE_B_IP}", "--memory=2000000000", "--object-store-memory=100000000",
+                   *_ports("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                           "metrics-export-port")],
+                  tmp_path / "node_b.log", cluster_env)
     try:
         yield node
     finally:
@@ -151,8 +87,7 @@ def node_b(head: tuple[Node, str], cluster_env: dict[str, str], tmp_path: Path) 
 
 
 def _sweep(tmp_path: Path, name: str, epochs: int, sleep_s: float, extra: str = "") -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""
+    return write_sweep(tmp_path / f"{name}.yaml", f"""
         name: {name}
         task: noop
         base: {{train: {{epochs: {epochs}, sleep_s: {sleep_s}}}}}
@@ -163,32 +98,20 @@ def _sweep(tmp_path: Path, name: str, epochs: int, sleep_s: float, extra: str = 
         budget: {{num_samples: 4}}
         resources: {{cpu: 1}}
         checkpoint: {{min_interval_s: 0}}
-    """) + textwrap.dedent(extra))
-    return path
+    """, extra)
 
 
-def _launch(tmp_path: Path, sweep: Path, address: str, env: dict[str, str], **kw) -> subprocess.Popen:  # noqa: ANN003
-    return subprocess.Popen([sys.executable, "-m", "sweeper.cli", "launch", sweep.name, "--address", address],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def _results(exp_dir: Path) -> dict[str, list[dict]]:
-    """Ray's own per-trial result log (one JSON line per report, with `node_ip`)."""
-    return {d.name: [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
-            for d in sorted(exp_dir.glob("trial_*"))}
+def _launch(tmp_path: Path, sweep: Path, address: str, env: dict[str, str]) -> subprocess.Popen:
+    return start_sweeper(["launch", sweep.name, "--address", address], tmp_path, env=env)
 
 
 def _trial_runs(tmp_path: Path, name: str) -> tuple:  # (MlflowClient, trial runs)
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name(name)
-    runs = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'") if exp else []
-    return c, runs
+    c = mlflow_client(tmp_path)
+    return c, trial_runs(c, name)
 
 
 def test_trials_spread_over_both_nodes_and_local_storage_is_refused(
-        tmp_path: Path, head: tuple[Node, str], node_b: Node, cluster_env: dict[str, str]) -> None:
+        tmp_path: Path, head: tuple[RayNode, str], node_b: RayNode, cluster_env: dict[str, str]) -> None:
     head_node, address = head
     assert head_node.ip != node_b.ip == NODE_B_IP
     sweep = _sweep(tmp_path, "spread", epochs=2, sleep_s=1.0)
@@ -213,7 +136,7 @@ def test_trials_spread_over_both_nodes_and_local_storage_is_refused(
     assert proc.returncode == 0, out[-4000:]
     assert "Started a local Ray instance" not in out
     assert "4 finished, 0 stopped early by ASHA, 0 failed of 4 trials" in out
-    results = _results(tmp_path / "runs" / "spread")
+    results = ray_results(tmp_path / "runs" / "spread")
     nodes = {trial: {r["node_ip"] for r in rows} for trial, rows in results.items()}
     assert set().union(*nodes.values()) == {head_node.ip, NODE_B_IP}, nodes
     c, runs = _trial_runs(tmp_path, "spread")
@@ -222,7 +145,7 @@ def test_trials_spread_over_both_nodes_and_local_storage_is_refused(
           + ", ".join(f"{t}: {'/'.join(sorted(ips))}" for t, ips in nodes.items()))
 
 
-def _trial_on(node: Node) -> str | None:
+def _trial_on(node: RayNode) -> str | None:
     """The trial a node's worker runs now: Tune runs each trial in its own working directory
     (`.../working_dirs/trial_<id>`), so the worker process's cwd names it."""
     for pid in descendants(node.raylet_pid()):
@@ -241,7 +164,7 @@ def _epochs_saved(trial_dir: Path) -> int:
 
 
 def test_killed_raylet_trials_resume_from_their_checkpoints_on_the_surviving_node(
-        tmp_path: Path, head: tuple[Node, str], node_b: Node, cluster_env: dict[str, str]) -> None:
+        tmp_path: Path, head: tuple[RayNode, str], node_b: RayNode, cluster_env: dict[str, str]) -> None:
     head_node, address = head
     epochs = 4
     sweep = _sweep(tmp_path, "fault", epochs=epochs, sleep_s=1.0, extra="budget: {num_samples: 4, max_failures: 2}\n")
@@ -264,11 +187,7 @@ def test_killed_raylet_trials_resume_from_their_checkpoints_on_the_surviving_nod
     workers = descendants(raylet)  # before the kill: they are re-parented once the raylet is gone
     os.kill(raylet, signal.SIGKILL)
     t_kill = time.time()
-    for pid in workers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_pids(workers)
     proc.wait(timeout=300)
     reader.join(timeout=30)
     t_end = time.time()
@@ -288,7 +207,7 @@ def test_killed_raylet_trials_resume_from_their_checkpoints_on_the_surviving_nod
     # Ray's result log says where each report came from and whether the process was fresh
     # (iterations_since_restore 1). It can miss the last report before the node died (the copy
     # restored with the trial predates it), so the epochs done before the kill come from MLflow.
-    results = _results(exp_dir)
+    results = ray_results(exp_dir)
     assert set(results) == set(logged)
     retried = {}
     for trial, rows in results.items():

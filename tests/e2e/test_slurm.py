@@ -23,12 +23,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .conftest import free_port, json_lines, kill_pids, mlflow_client, run_sweeper, sweeper_env, trial_runs
+from .conftest import write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +77,6 @@ def _ensure_slurm() -> None:
     missing = [b for b in BINARIES if not shutil.which(b)]
     if missing:
         _unavailable(f"installed {PACKAGES} but {missing} are still not on PATH")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SLURM_CONF = """\
@@ -137,8 +133,8 @@ def slurm() -> Iterator[dict[str, str]]:
     key.chmod(0o400)
     cpus = os.cpu_count() or 2
     (d / "slurm.conf").write_text(SLURM_CONF.format(
-        host=socket.gethostname().split(".")[0], d=d, cpus=cpus, ctld_port=_free_port(),
-        n1_port=_free_port(), n2_port=_free_port()))
+        host=socket.gethostname().split(".")[0], d=d, cpus=cpus, ctld_port=free_port(),
+        n1_port=free_port(), n2_port=free_port()))
     env = {**os.environ, "SLURM_CONF": str(d / "slurm.conf")}
     procs: list[subprocess.Popen] = []
 
@@ -212,11 +208,7 @@ def ray_tmp(slurm: dict[str, str]) -> Iterator[str]:
     while time.time() < deadline and subprocess.run(["squeue", "-h"], env=env, capture_output=True,
                                                     text=True).stdout.strip():
         time.sleep(0.5)
-    for pid in _processes_with_env("SWEEPER_RAY_TMP", path):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_pids(_processes_with_env("SWEEPER_RAY_TMP", path))
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -251,18 +243,17 @@ def _keep_log(log: Path, tmp_path: Path, job_id: str, state: dict[str, str], t0:
 def test_rendered_sbatch_runs_a_sweep_on_two_slurm_nodes(slurm: dict[str, str], ray_tmp: str, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    (work / "noop.yaml").write_text(textwrap.dedent(SWEEP))
-    env = {**os.environ, "SLURM_CONF": slurm["SLURM_CONF"], "HF_HUB_OFFLINE": "1",
-           "SWEEPER_JOB_DIR": str(tmp_path / "job"),   # the token's directory, "shared" by both nodes
-           "SWEEPER_RAY_TMPDIR": ray_tmp,
-           # two raylets on one machine would each claim all of its memory
-           "SWEEPER_RAY_START_ARGS": "--memory=2000000000 --object-store-memory=150000000",
-           "SWEEPER_SHARED_STORAGE": str(work)}          # both "nodes" see this machine's disk
+    write_sweep(work / "noop.yaml", SWEEP)
+    env = sweeper_env(SLURM_CONF=slurm["SLURM_CONF"], HF_HUB_OFFLINE="1",
+                      SWEEPER_JOB_DIR=str(tmp_path / "job"),   # the token's directory, "shared" by both nodes
+                      SWEEPER_RAY_TMPDIR=ray_tmp,
+                      # two raylets on one machine would each claim all of its memory
+                      SWEEPER_RAY_START_ARGS="--memory=2000000000 --object-store-memory=150000000",
+                      SWEEPER_SHARED_STORAGE=str(work))          # both "nodes" see this machine's disk
     cpus = os.cpu_count() or 2
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "cluster", "slurm", "noop.yaml", "--nodes", "2",
-                           "--cpus-per-node", str(cpus), "--time", "10:00", "--out", "job.sbatch", "--submit"],
-                          cwd=work, capture_output=True, text=True, env=env, timeout=60)
+    proc = run_sweeper(["cluster", "slurm", "noop.yaml", "--nodes", "2", "--cpus-per-node", str(cpus), "--time",
+                        "10:00", "--out", "job.sbatch", "--submit"], work, timeout=60, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = proc.stdout.strip()
     assert job_id.isdigit(), proc.stdout
@@ -277,23 +268,17 @@ def test_rendered_sbatch_runs_a_sweep_on_two_slurm_nodes(slurm: dict[str, str], 
     assert "2 of 2 Ray nodes joined" in text, where
     assert f"slurm-noop: {TRIALS} finished, 0 stopped early by ASHA, 0 failed of {TRIALS} trials" in text, where
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlruns.db'}")
-    exp = client.get_experiment_by_name("slurm-noop")
-    assert exp is not None, where
-    trials = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")
+    client = mlflow_client(work)
+    assert client.get_experiment_by_name("slurm-noop") is not None, where
+    trials = trial_runs(client, "slurm-noop")
     assert len(trials) == TRIALS, where
     assert sorted(r.data.tags["sweeper.status"] for r in trials) == ["finished"] * TRIALS, where
     assert all(r.data.metrics.get("epoch") == 2 and "score" in r.data.metrics for r in trials), where
 
     # Each trial's worker PID (Tune's result.json) belongs to the Ray node of n1 or n2.
-    import json
-
     trial_pids = {}
     for result in (work / "runs" / "slurm-noop").glob("trial_*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        trial_pids[result.parent.name] = {r["pid"] for r in rows}
+        trial_pids[result.parent.name] = {r["pid"] for r in json_lines(result.read_text())}
     assert len(trial_pids) == TRIALS, f"{sorted(trial_pids)} {where}"
     nodes = {node_of_pid[p] for pids in trial_pids.values() for p in pids if p in node_of_pid}
     print(f"trial worker PIDs by node: {node_of_pid}; trials: {trial_pids}")
@@ -312,7 +297,7 @@ def test_checked_in_sbatch_by_hand_fails_with_the_sweeps_exit_code(slurm: dict[s
     rejects makes the job fail with the driver's exit code 2 and its one-line error in the log."""
     work = tmp_path / "work"
     work.mkdir()
-    (work / "bad.yaml").write_text(textwrap.dedent(SWEEP).replace("num_samples", "num_sample"))
+    write_sweep(work / "bad.yaml", SWEEP.replace("num_samples", "num_sample"))
     env = {**os.environ, "SLURM_CONF": slurm["SLURM_CONF"], "SWEEPER_JOB_DIR": str(tmp_path / "job"),
            "SWEEPER_RAY_TMPDIR": ray_tmp, "SWEEPER_BIN_DIR": str(Path(sys.executable).parent),
            "SWEEPER_RAY_START_ARGS": "--memory=2000000000 --object-store-memory=150000000"}

@@ -4,13 +4,11 @@ through the real CLI, Ray and MLflow; each trial's confusion matrix lands in its
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from .conftest import launch_sweep, mlflow_client, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -39,19 +37,13 @@ checkpoint: {min_interval_s: 0}
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("small")
-    (cwd / "small.yaml").write_text(textwrap.dedent(SWEEP))
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "small.yaml"], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    launch_sweep(cwd, SWEEP, file="small.yaml", timeout=600)
     return cwd
 
 
 def test_each_trial_trained_its_own_knobs_and_reported_the_size_metrics(sweep_dir: Path) -> None:
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{sweep_dir / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("small")
-    runs = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'")
+    c = mlflow_client(sweep_dir)
+    runs = trial_runs(c, "small")
     assert len(runs) == 2
     ratios = {float(r.data.params["augment.mosaic_ratio"]) for r in runs}
     weights = {float(r.data.params["loss.size_weights.small"]) for r in runs}

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.request
@@ -26,31 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import COMMAND_SCRIPTS, free_port, json_lines, kill_session, launch_sweep, mlflow_client
+from .conftest import run_sweeper, start_sweeper, sweeper_env, trial_runs, write_sweep
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 BUCKET = "sweeps"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL every process in the session `proc` leads, by PID."""
-    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[3]) == proc.pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait(timeout=30)
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -69,9 +49,9 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60)
 def s3(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A moto S3 server on a free port with an empty bucket; (endpoint, env with dummy credentials)."""
     port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}  # no instance-metadata lookups (seconds each, offline)
+    env = sweeper_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_REGION="us-east-1",
+                      AWS_EC2_METADATA_DISABLED="true")  # no instance-metadata lookups (seconds each, offline)
     log = tmp_path / "moto.log"
     server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env=env,
                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -80,7 +60,7 @@ def s3(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         _s3_client(f"127.0.0.1:{port}").create_bucket(Bucket=BUCKET)
         yield f"127.0.0.1:{port}", env
     finally:
-        _kill_session(server)
+        kill_session(server)
 
 
 def _s3_client(endpoint: str):  # noqa: ANN202
@@ -104,24 +84,16 @@ checkpoint: {{min_interval_s: 0}}
 
 
 def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweeper.cli", *args], cwd=tmp_path,
-                            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    """`sweeper ARGS` in its own session, so that whatever it starts can be killed with it."""
+    return start_sweeper(list(args), tmp_path, env=sweeper_env(env), start_new_session=True)
 
 
 def test_s3_storage_holds_state_and_checkpoints_and_resume_continues_from_it(
         tmp_path: Path, s3: tuple[str, dict[str, str]]) -> None:
     endpoint, env = s3
     storage = f"s3://{BUCKET}/team?endpoint_override={endpoint}&scheme=http"
-    (tmp_path / "s3.yaml").write_text(textwrap.dedent(SWEEP.format(name="on-s3", sleep_s=1.0, trials=4))
-                                      + f'storage: "{storage}"\n')
-    from mlflow import MlflowClient
-
-    mlflow = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-
-    def trial_runs() -> list:
-        exp = mlflow.get_experiment_by_name("on-s3")
-        return mlflow.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'") if exp else []
+    write_sweep(tmp_path / "s3.yaml", SWEEP.format(name="on-s3", sleep_s=1.0, trials=4), f'storage: "{storage}"\n')
+    mlflow = mlflow_client(tmp_path)
 
     t0 = time.time()
     proc = _cli(tmp_path, env, "launch", "s3.yaml")
@@ -133,7 +105,7 @@ def test_s3_storage_holds_state_and_checkpoints_and_resume_continues_from_it(
         while True:
             assert proc.poll() is None, "".join(lines)[-4000:]
             assert time.time() - t0 < 180, "no trial finished in 180 s"
-            runs = trial_runs()
+            runs = trial_runs(mlflow, "on-s3")
             done = [r for r in runs if r.data.tags.get("sweeper.status") == "finished"]
             partway = [r for r in runs if r.data.tags.get("sweeper.status") == "running"
                        and 1 <= r.data.metrics.get("epoch", 0) < 3]
@@ -145,11 +117,11 @@ def test_s3_storage_holds_state_and_checkpoints_and_resume_continues_from_it(
         proc.wait(timeout=120)
     finally:
         reader.join(timeout=30)
-        _kill_session(proc)  # the driver's local Ray, whatever it left behind
+        kill_session(proc)  # the driver's local Ray, whatever it left behind
     out = "".join(lines)
     assert proc.returncode == 130, out[-4000:]
     assert f"to continue: sweeper resume 's3://{BUCKET}/team/on-s3?endpoint_override={endpoint}&scheme=http'" in out
-    finished_before = {r.data.tags["sweeper.trial_id"] for r in trial_runs()
+    finished_before = {r.data.tags["sweeper.trial_id"] for r in trial_runs(mlflow, "on-s3")
                        if r.data.tags.get("sweeper.status") == "finished"}
 
     # the sweep's state is in the bucket; ./runs/NAME holds only the driver's copy of it
@@ -165,12 +137,12 @@ def test_s3_storage_holds_state_and_checkpoints_and_resume_continues_from_it(
     try:
         out = resumed.communicate(timeout=300)[0]
     finally:
-        _kill_session(resumed)
+        kill_session(resumed)
     assert resumed.returncode == 0, out[-4000:]
     assert "continuing sweep 'on-s3' from s3://" in out
     assert "4 finished, 0 stopped early by ASHA, 0 failed of 4 trials" in out
 
-    runs = trial_runs()
+    runs = trial_runs(mlflow, "on-s3")
     assert len(runs) == 4 and len({r.data.tags["sweeper.trial_id"] for r in runs}) == 4  # no duplicates
     for r in runs:
         assert r.data.tags["sweeper.status"] == "finished" and r.info.status == "FINISHED"
@@ -181,8 +153,7 @@ def test_s3_storage_holds_state_and_checkpoints_and_resume_continues_from_it(
     continued = {}
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix="team/on-s3/")["Contents"]
     for key in sorted(o["Key"] for o in listing if o["Key"].endswith("/result.json")):
-        rows = [json.loads(line) for line in client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
-                if line.strip()]
+        rows = json_lines(client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode())
         trial = rows[0]["trial_id"]
         # every epoch, in order; the one in flight at the interruption may appear twice (its
         # checkpoint reached the bucket but not Ray's experiment state: trained again on resume,
@@ -225,14 +196,14 @@ def test_sweep_logs_to_an_mlflow_tracking_server(tmp_path: Path) -> None:
         t0 = time.time()
         _wait_http(f"{base}/health", server, log)
         up_s = time.time() - t0
-        (tmp_path / "srv.yaml").write_text(textwrap.dedent(SWEEP.format(name="on-server", sleep_s=0, trials=3))
-                                           + f"tracking: {{uri: '{base}'}}\n")
+        write_sweep(tmp_path / "srv.yaml", SWEEP.format(name="on-server", sleep_s=0, trials=3),
+                    f"tracking: {{uri: '{base}'}}\n")
         t1 = time.time()
         proc = _cli(tmp_path, dict(os.environ), "launch", "srv.yaml")
         try:
             out = proc.communicate(timeout=300)[0]
         finally:
-            _kill_session(proc)
+            kill_session(proc)
         sweep_s = time.time() - t1
         assert proc.returncode == 0, out[-4000:]
         assert "3 finished, 0 stopped early by ASHA, 0 failed of 3 trials" in out
@@ -251,13 +222,13 @@ def test_sweep_logs_to_an_mlflow_tracking_server(tmp_path: Path) -> None:
             files = _rest(base, f"artifacts/list?run_id={run['info']['run_id']}").get("files", [])
             assert "trial_config.json" in {f["path"] for f in files}  # proxied to the server's store
         assert list((tmp_path / "server-artifacts").rglob("trial_config.json"))
-        board = subprocess.run([sys.executable, "-m", "sweeper.cli", "leaderboard", "on-server", "--tracking-uri",
-                                base, "--format", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        board = run_sweeper(["leaderboard", "on-server", "--tracking-uri", base, "--format", "json"], tmp_path,
+                            timeout=120)
         assert board.returncode == 0, board.stderr
         assert len(json.loads(board.stdout)["rows"]) == 3
         print(f"\nmlflow server: /health after {up_s:.1f} s; 3-trial sweep logged over HTTP in {sweep_s:.1f} s")
     finally:
-        _kill_session(server)
+        kill_session(server)
 
 
 COMMAND_SWEEP = """
@@ -280,19 +251,14 @@ def test_command_sweep_on_s3_keeps_its_logs_and_checkpoints_there(tmp_path: Path
     """The command task on object storage, as on a cluster: the script's log and checkpoint
     directory are persisted in the bucket, and each trial's log is attached to its MLflow run."""
     endpoint, env = s3
-    script = Path(__file__).resolve().parents[1] / "command_scripts" / "train_argparse.py"
+    script = COMMAND_SCRIPTS / "train_argparse.py"
     storage = f"s3://{BUCKET}/cmd?endpoint_override={endpoint}&scheme=http"
-    (tmp_path / "cmd.yaml").write_text(textwrap.dedent(COMMAND_SWEEP.format(script=script, storage=storage)))
-    proc = subprocess.run([sys.executable, "-m", "sweeper.cli", "launch", "cmd.yaml"], cwd=tmp_path,
-                          env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    launch_sweep(tmp_path, COMMAND_SWEEP.format(script=script, storage=storage), file="cmd.yaml", env=env)
     keys = [o["Key"] for o in _s3_client(endpoint).list_objects_v2(Bucket=BUCKET, Prefix="cmd/")["Contents"]]
     assert sum(k.endswith("/command.log") for k in keys) == 2, keys
     assert any("/checkpoint_" in k for k in keys), keys
-    from mlflow import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    runs = c.search_runs([c.get_experiment_by_name("cmd-on-s3").experiment_id], "tags.`sweeper.kind` = 'trial'")
+    c = mlflow_client(tmp_path)
+    runs = trial_runs(c, "cmd-on-s3")
     assert len(runs) == 2
     for r in runs:
         assert r.data.tags["sweeper.status"] == "finished"

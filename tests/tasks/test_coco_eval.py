@@ -326,6 +326,16 @@ GOOD_GT = {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}],
     (json.dumps({**GOOD_GT, "annotations": [{**GOOD_GT["annotations"][0], "image_id": 9}]}),
      "annotations[0].image_id 9 is not in 'images'"),
     (json.dumps({**GOOD_GT, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]}), "used twice"),
+    (json.dumps({**GOOD_GT, "images": [{"id": 1}, {"id": 1}]}), "images[1]: duplicate image id 1"),
+    # a string or non-finite area used to pass here and fail inside COCOeval
+    (json.dumps({**GOOD_GT, "annotations": [{**GOOD_GT["annotations"][0], "area": "16"}]}),
+     "annotations[0].area must be a number"),
+    (json.dumps({**GOOD_GT, "annotations": [{**GOOD_GT["annotations"][0], "area": float("nan")}]}),
+     "annotations[0].area must be a number, not NaN or infinite, got nan"),
+    (json.dumps({**GOOD_GT, "annotations": [{**GOOD_GT["annotations"][0], "area": float("inf")}]}),
+     "annotations[0].area must be a number, not NaN or infinite, got inf"),
+    (json.dumps({**GOOD_GT, "annotations": [{**GOOD_GT["annotations"][0], "bbox": [0, 0, float("nan"), 4]}]}),
+     "annotations[0].bbox must be 4 numbers"),
 ])
 def test_bad_gt_file(tmp_path, text, message, backend):
     path = tmp_path / "gt.json"
@@ -335,6 +345,13 @@ def test_bad_gt_file(tmp_path, text, message, backend):
     assert str(path) in str(err.value) and message in str(err.value)
     with pytest.raises(CocoFormatError, match="gt.json"):
         evaluate_coco(path, [], backend=backend)
+
+
+@pytest.mark.parametrize("area", ["16", None, float("nan"), float("-inf")])
+def test_bad_area_in_a_gt_dict_is_refused_before_cocoeval(area, backend):
+    gt = {**GOOD_GT, "annotations": [{**GOOD_GT["annotations"][0], "area": area}]}
+    with pytest.raises(CocoFormatError, match=r"<ground truth>: annotations\[0\]\.area must be a number"):
+        evaluate_coco(gt, [], backend=backend)
 
 
 @pytest.mark.parametrize("payload, message", [

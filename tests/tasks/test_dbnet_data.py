@@ -178,6 +178,13 @@ def test_icdar2015_bom_commas_dont_care_and_image_lookup(tmp_path: Path) -> None
     assert len(load_icdar2015(gt_dir, images_dir, max_images=1)) == 1
 
 
+def test_icdar2015_quoted_transcriptions_read_as_evaluation_reads_them(tmp_path: Path) -> None:
+    gt_dir, images_dir = write_icdar(tmp_path, {"gt_a.txt": '1,1,9,1,9,5,1,5,"a, \\"b\\""\n1,1,9,1,9,5,1,5,"###"\n'},
+                                     {"a.png": (20, 20)})
+    (a,) = load_icdar2015(gt_dir, images_dir)
+    assert a.texts == ['a, "b"', "###"] and a.ignore == [False, True]
+
+
 def test_icdar2015_errors_name_file_and_line(tmp_path: Path) -> None:
     gt_dir, images_dir = write_icdar(tmp_path, {"gt_a.txt": "1,1,9,1,9,5,1,5,ok\n1,2,x,4,5,6,7,8,bad\n"},
                                      {"a.png": (20, 20)})

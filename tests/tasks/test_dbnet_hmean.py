@@ -291,3 +291,20 @@ def test_ufo_errors_name_field(tmp_path: Path) -> None:
         load_text_eval_pairs(bad_json, res)
     with pytest.raises(TextEvalFormatError, match="'images'"):
         load_text_eval_pairs(write(tmp_path / "c.json", "[]"), res)
+
+
+def test_one_reader_for_training_and_evaluation(tmp_path: Path) -> None:
+    """Evaluation reads UFO and ICDAR files with the training loader's reader: the same checks
+    (a key given twice, malformed scores) and the same error type."""
+    from sweeper.tasks.dbnet.data import TextDataError
+
+    assert TextEvalFormatError is TextDataError
+    res = write(tmp_path / "res" / "a.txt", "").parent
+    twice = write(tmp_path / "twice.json", '{"images": {"a.jpg": {}, "a.jpg": {}}}')
+    with pytest.raises(TextEvalFormatError, match=r"twice\.json: key 'a\.jpg' appears twice"):
+        load_text_eval_pairs(twice, res)
+    quad = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    bad_score = write(tmp_path / "s.json", json.dumps({"images": {"a.jpg": {"words": {"1": {"points": quad,
+                                                                                           "score": "high"}}}}}))
+    with pytest.raises(TextEvalFormatError, match=r"s\.json: images\['a\.jpg'\]\.words\['1'\]\.score must be"):
+        load_text_eval_pairs(write(tmp_path / "gt.json", json.dumps({"images": {"a.jpg": {}}})), bad_score)

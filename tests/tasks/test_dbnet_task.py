@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from sweeper.schema import DBNetBase
+from sweeper.tasks.dbnet.spec import DBNetBase
 from sweeper.tasks import NonFiniteLossError
 from sweeper.tasks.dbnet.model import build_dbnet
 from sweeper.tasks.dbnet.synth import make_synthetic_receipts
@@ -51,7 +51,8 @@ def make_config(receipts: dict, **train) -> dict:
     cfg["model"].update(channels=8)
     cfg["train"].update({"epochs": 2, "batch_size": 2, "resolution": 96, "warmup_epochs": 0, "lr": 3e-3, **train})
     cfg.update(task="dbnet", data={"format": "ufo", "train": receipts["train"], "val": receipts["val"],
-                                   "images": receipts["images"]}, eval_grid={}, objective_metric="hmean")
+                                   "images": receipts["images"]}, eval_grid={},
+               objective={"metric": "hmean", "mode": "max"})
     return cfg
 
 
@@ -100,3 +101,48 @@ def test_non_finite_loss_raises(receipts: dict) -> None:
     with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
         for epoch in (1, 2):
             task.train_one_epoch(epoch)
+
+
+def _graded_maps(task: DBNetTask) -> list:
+    """Probability maps a model might predict, from the validation labels: every other text line
+    confident (0.9), the rest not (0.45), plus faint (0.45) false-positive bars in the empty rows.
+    A low box_thresh then finds every line and the bars (best recall), a high one half the lines
+    and nothing else (best hmean)."""
+    import cv2
+    import numpy as np
+
+    out = []
+    for _, labels, metas in task.val_loader:
+        for prob, mask, meta in zip(labels["prob"].numpy(), labels["prob_mask"].numpy(), metas):
+            h, w = (round(s * meta["scale"]) for s in meta["orig_size"])
+            text = prob[:h, :w] > 0
+            _, lines = cv2.connectedComponents(text.astype(np.uint8))
+            graded = np.where(lines % 2 == 1, 0.9, 0.45).astype(np.float32) * text
+            empty = set(np.flatnonzero(~text.any(1) & (mask[:h, :w].min(1) == 1)))
+            bars = np.where(np.arange(w) % 16 < 10, 0.45, 0.0)[4:-4]
+            for y in sorted(empty):
+                if y % 8 == 0 and set(range(y, y + 5)) <= empty:
+                    graded[y:y + 4, 4:-4] = bars
+            out.append((graded, meta))
+    return out
+
+
+@pytest.mark.parametrize("objective, picked", [({"metric": "recall", "mode": "max"}, 0.3),
+                                               ({"metric": "hmean", "mode": "max"}, 0.6),
+                                               ({"metric": "precision", "mode": "min"}, 0.3)])
+def test_the_eval_grid_picks_the_point_best_for_the_objective(receipts: dict, objective: dict, picked: float) -> None:
+    cfg = make_config(receipts, resolution=192)  # text lines wide enough to survive the label shrink
+    cfg.update(eval_grid={"post.box_thresh": [0.6, 0.3]}, objective=objective)
+    task = DBNetTask(cfg)
+    maps = _graded_maps(task)
+    task.predict_maps = lambda: maps
+    at = {bt: task._score(maps, {**task.cfg.post.model_dump(), "box_thresh": bt}) for bt in (0.6, 0.3)}
+    assert at[0.3]["recall"] > at[0.6]["recall"] and at[0.3]["hmean"] < at[0.6]["hmean"]  # the grid disagrees
+    result = task.evaluate()
+    assert result["best/post.box_thresh"] == picked
+    assert {k: result[k] for k in ("precision", "recall", "hmean")} == at[picked]
+    assert f"default/{objective['metric']}" in result
+
+
+def test_the_task_says_what_it_resolved_for_itself(receipts: dict) -> None:
+    assert DBNetTask(make_config(receipts, amp=True)).runtime == {"device": "cpu", "amp": False, "channels_last": False}

@@ -188,12 +188,39 @@ def _edit(basic: Path, **changes) -> Path:
          r"ann\.json: annotations\[0\] \(id 9\) has no 'bbox' field"),
         (lambda p: _edit(p, annotations=[{**_ann(9, 10, 3, [1, 1, 2, 2]), "bbox": [1, 1, 2]}]), r"annotations\[0\] \(id 9\): 'bbox' must be 4"),
         (lambda p: (p.parent / "images" / "b.png").unlink(), r"b\.png: image file not found"),
+        # the checks evaluation makes too (one validator): COCOeval would fail on these later
+        (lambda p: _edit(p, annotations=[_ann(9, 10, 3, [1, 1, 2, 2]) | {"area": "4"}]),
+         r"ann\.json: annotations\[0\] \(id 9\): area must be a number, not NaN or infinite, got '4'"),
+        (lambda p: _edit(p, categories=[{"id": 3, "name": "a"}, {"id": 7, "name": "a"}, {"id": 12, "name": "b"}]),
+         r"ann\.json: categories\[1\]\.name 'a' is used twice"),
     ],
 )
 def test_bad_input_names_file_and_field(basic: Path, mutate, pattern: str) -> None:
     mutate(basic)
     with pytest.raises(DatasetError, match=pattern):
         CocoDetection(basic, basic.parent / "images", resolution=32)
+
+
+def test_parsed_gt_is_used_as_given(basic: Path) -> None:
+    """A trial parses its val file once and hands the dict to the dataset and the evaluator."""
+    from sweeper.tasks.detection.coco_eval import load_coco_gt
+
+    from_path = CocoDetection(basic, basic.parent / "images", resolution=32)
+    gt = load_coco_gt(basic)
+    before = json.dumps(gt)
+    basic.unlink()  # only the dict is read; the path still names it in messages
+    ds = CocoDetection(basic, basic.parent / "images", resolution=32, gt=gt)
+    assert json.dumps(gt) == before  # not modified: the evaluator reads the same dict
+    assert (ds.categories, ds.images) == (from_path.categories, from_path.images)
+    gt["annotations"][0]["area"] = float("nan")
+    with pytest.raises(DatasetError, match=r"ann\.json: annotations\[0\] \(id 1\): area must be a number"):
+        CocoDetection(basic, basic.parent / "images", resolution=32, gt=gt)
+
+
+def test_one_error_type_for_coco_input() -> None:
+    from sweeper.tasks.detection.coco_eval import CocoFormatError
+
+    assert DatasetError is CocoFormatError and issubclass(DatasetError, ValueError)
 
 
 def test_unreadable_image_names_the_file(basic: Path) -> None:

@@ -280,3 +280,9 @@ def test_the_task_builds_its_loaders_from_train_workers(data: dict) -> None:
     task = DetectionTask(make_config(data, workers=1), device="cpu")
     assert task.train_loader.num_workers == task.val_loader.num_workers == 1
     assert task.train_one_epoch(1)["train/loss"] > 0  # a worker process really feeds the epoch
+
+
+def test_the_task_says_what_it_resolved_for_itself(data: dict) -> None:
+    """`runtime` is logged with the trial's config: on CPU, AMP is off whatever train.amp says."""
+    task = DetectionTask(make_config(data, amp=True), device="cpu")
+    assert task.runtime == {"device": "cpu", "amp": False, "channels_last": False}

@@ -6,7 +6,8 @@ Contract
   "transcription": str, "illegibility": bool}}}}}`` (transcription and illegibility optional);
   :func:`load_icdar2015` reads a directory of ``gt_<name>.txt`` files (UTF-8, optional BOM; lines
   ``x1,y1,...,x4,y4[,transcription]``, the transcription may contain commas) whose images are
-  ``<name>.jpg|.png|.jpeg`` in the images directory. ``"###"`` or ``illegibility: true`` marks a
+  ``<name>.jpg|.png|.jpeg`` in the images directory. Both formats are parsed by
+  :mod:`.text_io`, the reader evaluation uses too. ``"###"`` or ``illegibility: true`` marks a
   don't-care region (``ignore``), which stays in the data: the labels mask it out of the loss and
   the metrics skip detections on it.
 * Both return :class:`TextImage` records, polygons float64 ``(N, 2)``, ``N >= 3``, in pixels of
@@ -15,11 +16,12 @@ Contract
   dropped; self-intersecting -> repaired (quads: convex hull = corners put back in order; others:
   largest valid part); outside the image -> clipped (dropped if nothing is left). Each kind is
   counted and reported in **one** warning per dataset naming the file and examples.
-* User-input errors raise :class:`TextDataError` naming the file (and line/field): unreadable or
-  non-UTF-8 files, JSON syntax errors, a key given twice in one UFO object (two entries for one
-  image file or word id: JSON would silently keep only the last), malformed points, missing
-  images (checked at load, where the header gives the size), images that fail to decode (when
-  opened), and file names that escape the images directory (``../x.png``, absolute paths).
+* User-input errors raise :class:`TextDataError` (:mod:`.text_io`'s one error type) naming the
+  file (and line/field): unreadable or non-UTF-8 files, JSON syntax errors, a key given twice in
+  one UFO object (two entries for one image file or word id: JSON would silently keep only the
+  last), malformed points, missing images (checked at load, where the header gives the size),
+  images that fail to decode (when opened), and file names that escape the images directory
+  (``../x.png``, absolute paths).
 * :class:`TextDetDataset` resizes so the longest side equals ``resolution`` (aspect kept),
   optionally flips horizontally (train only; polygons flipped too), pads bottom/right to
   ``resolution x resolution`` and normalises with the ImageNet mean/std. Each item is
@@ -39,7 +41,6 @@ Usage::
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -55,8 +56,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from sweeper.tasks.dbnet.text_io import DONT_CARE, TextDataError, parse_icdar, read_ufo
+
+__all__ = ["DONT_CARE", "IMAGE_EXTENSIONS", "POLYGON_ISSUES", "TextDataError", "TextDetDataset", "TextImage",
+           "collate", "load_icdar2015", "load_ufo", "resize_polys", "validate_polygons"]
+
 IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg")
-DONT_CARE = "###"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 #: area (px^2) below which a polygon counts as degenerate
@@ -70,10 +75,6 @@ POLYGON_ISSUES: dict[str, str] = {
     "outside_dropped": "dropped: no part inside the image",
 }
 _MAX_EXAMPLES = 3
-
-
-class TextDataError(ValueError):
-    """A text-detection data set (annotation file, image file) is missing or malformed."""
 
 
 @dataclass
@@ -247,88 +248,20 @@ def _check_max(max_images: int | None) -> None:
         raise TextDataError(f"max_images must be a positive int, got {max_images!r}")
 
 
-def _points_of_image(values: list[Any], where: Callable[[int], str]) -> list[np.ndarray]:
-    """The words' JSON points as float64 (N, 2) arrays. numpy does the type check (strings, bools,
-    nulls or ragged pairs give another dtype or a ValueError), for all words of an image at once
-    when they have the same point count: one call per word costs seconds at ~400k words. The
-    per-word pass (mixed counts, or an error somewhere) names the offending word."""
-    def as_points(value: Any, shape_ok: Callable[[np.ndarray], bool]) -> np.ndarray | None:
-        try:
-            arr = np.asarray(value) if isinstance(value, list) else None
-        except ValueError:  # ragged
-            return None
-        ok = arr is not None and arr.dtype.kind in "iuf" and shape_ok(arr) and np.isfinite(arr).all()
-        return arr.astype(np.float64) if ok else None
-
-    batch = as_points(values, lambda a: a.ndim == 3 and a.shape[2] == 2)
-    if batch is not None:
-        return list(batch)
-    out = []
-    for k, value in enumerate(values):
-        arr = as_points(value, lambda a: a.size == 0 or (a.ndim == 2 and a.shape[1] == 2))
-        if arr is None:
-            raise TextDataError(f"{where(k)} must be a list of [x, y] pairs of finite numbers")
-        out.append(arr.reshape(-1, 2))
-    return out
-
-
-def _unique_keys(path: Path) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
-    """A json ``object_pairs_hook`` refusing a key given twice in one object (costs no time)."""
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            key = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
-            raise TextDataError(f"{path}: key {key!r} appears twice in one JSON object (an image file name "
-                                "or word id given twice?); JSON would keep only the last one")
-        return obj
-    return hook
-
-
 def load_ufo(path: str | Path, images_dir: str | Path, *, max_images: int | None = None) -> list[TextImage]:
     """Load a UFO JSON split (first ``max_images`` images in file order when given)."""
     path, images_dir = Path(path), Path(images_dir)
     _check_max(max_images)
-    if not path.is_file():
-        raise TextDataError(f"{path}: annotation file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys(path))
-    except json.JSONDecodeError as exc:
-        raise TextDataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TextDataError(f"{path}: cannot read annotation file: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
-        raise TextDataError(f'{path}: expected a JSON object {{"images": {{file_name: {{"words": ...}}}}}} '
-                            "(UFO format)")
+    records = read_ufo(path, limit=max_images)
     _check_dirs(images_dir)
-    entries = list(data["images"].items())[:max_images]
-    if not entries:
+    if not records:
         raise TextDataError(f"{path}: 'images' is empty")
-    images: list[TextImage] = []
-    word_ids: list[list[str]] = []
-    for name, entry in entries:
-        field_ = f"images[{name!r}]"
-        if not isinstance(entry, dict):
-            raise TextDataError(f"{path}: {field_} must be an object with 'words'")
-        words = entry.get("words", {})  # test splits ship images without words
-        if not isinstance(words, dict):
-            raise TextDataError(f"{path}: {field_}.words must be an object {{id: word}}, got {type(words).__name__}")
-        file = _safe_image_path(images_dir, str(name), str(path))
-        ids = list(words)
-        for wid, word in words.items():
-            if not isinstance(word, dict) or "points" not in word:
-                raise TextDataError(f"{path}: {field_}.words[{wid!r}] has no 'points'")
-        texts = ["" if w.get("transcription") is None else str(w["transcription"]) for w in words.values()]
-        images.append(TextImage(
-            file=file,
-            polys=_points_of_image([w["points"] for w in words.values()],
-                                   lambda k: f"{path}: {field_}.words[{ids[k]!r}].points"),
-            texts=texts,
-            ignore=[bool(w.get("illegibility", False)) or t == DONT_CARE for w, t in zip(words.values(), texts)],
-            name=str(name),
-            size=_image_size(file, f"{path} {field_}"),
-        ))
-        word_ids.append(ids)
-    _apply_checks(path, images, lambda i, j: f"{images[i].name} word {word_ids[i][j]}")
+    images = []
+    for rec in records:
+        file = _safe_image_path(images_dir, rec.name, str(path))
+        images.append(TextImage(file=file, polys=rec.polys, texts=rec.texts, ignore=rec.ignore, name=rec.name,
+                                size=_image_size(file, f"{path} images[{rec.name!r}]")))
+    _apply_checks(path, images, lambda i, j: f"{images[i].name} word {records[i].keys[j]}")
     return images
 
 
@@ -344,19 +277,6 @@ def _find_image(images_dir: Path, stem: str, source: Path) -> Path:
     raise TextDataError(f"{source}: image not found in {images_dir} (tried {', '.join(tried)})")
 
 
-def _parse_gt_line(line: str, gt: Path, lineno: int) -> tuple[np.ndarray, str]:
-    fields = line.split(",", 8)  # the 9th field is the transcription, commas and all
-    if len(fields) < 8:
-        raise TextDataError(f"{gt}:{lineno}: expected x1,y1,x2,y2,x3,y3,x4,y4[,transcription], got {line!r}")
-    try:
-        coords = [float(v) for v in fields[:8]]
-    except ValueError:
-        raise TextDataError(f"{gt}:{lineno}: the first 8 fields must be numbers, got {line!r}") from None
-    if not all(math.isfinite(v) for v in coords):
-        raise TextDataError(f"{gt}:{lineno}: coordinates must be finite, got {line!r}")
-    return np.asarray(coords, dtype=np.float64).reshape(4, 2), fields[8].strip() if len(fields) > 8 else ""
-
-
 def load_icdar2015(gt_dir: str | Path, images_dir: str | Path, *, max_images: int | None = None) -> list[TextImage]:
     """Load a directory of ICDAR-2015 ``gt_<name>.txt`` files (sorted by name; first
     ``max_images`` when given)."""
@@ -370,25 +290,18 @@ def load_icdar2015(gt_dir: str | Path, images_dir: str | Path, *, max_images: in
     if not gt_files:
         raise TextDataError(f"{gt_dir}: no gt_<name>.txt files found")
     images: list[TextImage] = []
-    linenos: list[list[int]] = []
+    records = []
     for gt in gt_files:
         try:
-            text = gt.read_text(encoding="utf-8-sig")  # -sig: the official ICDAR files start with a BOM
-        except (OSError, UnicodeDecodeError) as exc:
+            data = gt.read_bytes()
+        except OSError as exc:
             raise TextDataError(f"{gt}: cannot read as UTF-8 text: {exc}") from None
+        rec = parse_icdar(data, str(gt))
         file = _find_image(images_dir, _GT_NAME.match(gt.name).group(1), gt)
-        im = TextImage(file=file, polys=[], texts=[], ignore=[], name=file.name, size=_image_size(file, str(gt)))
-        linenos.append([])
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            poly, transcription = _parse_gt_line(line.strip("\r\n"), gt, lineno)
-            im.polys.append(poly)
-            im.texts.append(transcription)
-            im.ignore.append(transcription == DONT_CARE)
-            linenos[-1].append(lineno)
-        images.append(im)
-    _apply_checks(gt_dir, images, lambda i, j: f"{gt_files[i].name}:{linenos[i][j]}")
+        images.append(TextImage(file=file, polys=rec.polys, texts=rec.texts, ignore=rec.ignore, name=file.name,
+                                size=_image_size(file, str(gt))))
+        records.append(rec)
+    _apply_checks(gt_dir, images, lambda i, j: f"{gt_files[i].name}:{records[i].keys[j]}")
     return images
 
 

@@ -24,7 +24,8 @@ Contract
   contain commas, may be double-quoted as in RRC files); files pair by name after stripping a
   ``gt_`` / ``res_`` prefix and ``.txt`` (CLEval's rule). A GT without a prediction file has no
   detections; a prediction without a GT file is an error. Bad input raises
-  :class:`TextEvalFormatError` naming the file and line (or JSON field).
+  :class:`TextEvalFormatError` naming the file and line (or JSON field). The parsing is
+  :mod:`.text_io`'s, the reader training uses too.
 
 Decisions (where we knowingly differ from the official script)
 --------------------------------------------------------------
@@ -51,9 +52,6 @@ Usage::
 """
 from __future__ import annotations
 
-import json
-import math
-import re
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,14 +61,12 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
-DONT_CARE = "###"
+from sweeper.tasks.dbnet.text_io import DONT_CARE, TextEvalFormatError, Words, parse_icdar, read_ufo
+
+__all__ = ["DONT_CARE", "TextEvalFormatError", "TextSample", "greedy_matches", "icdar15_hmean",
+           "load_text_eval_pairs", "max_matches", "mmocr_hmean"]
+
 _PREFIXES = ("gt_", "res_")
-_QUOTED = re.compile(r'^\s*"(.*)"\s*$')
-
-
-class TextEvalFormatError(ValueError):
-    """A GT or prediction file cannot be read; the message names the file and line or field."""
-
 
 @dataclass
 class TextSample:
@@ -360,80 +356,28 @@ def _read_side(path: Path) -> dict[str, _Record]:
                 break
         if name in out:
             raise TextEvalFormatError(f"{source}: pairs as {name!r}, like {out[name][4]}")
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise TextEvalFormatError(f"{source}: not UTF-8 text ({err})") from err
-        polys, texts = _parse_lines(text, source)
-        out[name] = (polys, texts, [t == DONT_CARE for t in texts], None, source)
+        out[name] = _record(parse_icdar(data, source, eval_wording=True), source)
     return out
 
 
-def _parse_lines(text: str, source: str) -> tuple[list[np.ndarray], list[str]]:
-    """Parse ``x1,y1,...,x4,y4[,transcription]`` lines; blank lines are skipped."""
-    polys, texts = [], []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        fields = line.split(",", 8)
-        coords = []
-        for k, value in enumerate(fields[:8]):
-            try:
-                coords.append(float(value))
-            except ValueError:
-                raise TextEvalFormatError(
-                    f"{source}:{lineno}: field {k + 1} {value.strip()[:30]!r} is not a number; expected 8 "
-                    f"coordinates x1,y1,...,x4,y4 then an optional transcription (found {k})") from None
-        if len(coords) < 8:
-            raise TextEvalFormatError(f"{source}:{lineno}: expected 8 coordinates x1,y1,...,x4,y4, "
-                                      f"found {len(coords)}")
-        if not all(math.isfinite(c) for c in coords):
-            raise TextEvalFormatError(f"{source}:{lineno}: coordinates must be finite numbers")
-        transcription = fields[8].strip() if len(fields) > 8 else ""
-        quoted = _QUOTED.match(transcription)
-        if quoted:  # RRC files may quote the transcription, with \" and \\ escapes
-            transcription = quoted.group(1).replace('\\\\', '\\').replace('\\"', '"')
-        polys.append(np.asarray(coords, dtype=np.float64).reshape(4, 2))
-        texts.append(transcription)
-    return polys, texts
+def _record(words: Words, source: str) -> _Record:
+    """Scores only when every word has one (text files never do)."""
+    scores = words.scores if words.scores and all(s is not None for s in words.scores) else None
+    return words.polys, words.texts, words.ignore, scores, source
 
 
 def _read_ufo(path: Path) -> dict[str, _Record]:
-    """UFO JSON ``{"images": {file_name: {"words": {id: {"points", "transcription"?,
-    "illegibility"?, "score"?}}}}}``; the sample name is ``file_name`` without its extension."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise TextEvalFormatError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise TextEvalFormatError(f"{path}: cannot read ({err})") from err
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, dict):
-        raise TextEvalFormatError(f"{path}: field 'images' must be an object of file_name -> image")
+    """A UFO JSON side (see :mod:`.text_io`), every word with >= 3 points; the sample name is the
+    image's file name without its extension."""
     out: dict[str, _Record] = {}
-    for file_name, image in images.items():
-        where = f"{path}: images.{file_name}"
-        words = image.get("words", {}) if isinstance(image, dict) else None
-        if not isinstance(words, dict):
-            raise TextEvalFormatError(f"{where}.words must be an object of id -> word")
-        polys, texts, ignore, scores = [], [], [], []
-        for wid, word in words.items():
-            try:
-                pts = np.asarray(word["points"], dtype=np.float64)
-            except (KeyError, TypeError, ValueError) as err:
-                raise TextEvalFormatError(f"{where}.words.{wid}.points: missing or not numbers ({err})") from None
-            if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+    for words in read_ufo(path, eval_wording=True):
+        where = f"{path}: images.{words.name}"
+        for wid, pts in zip(words.keys, words.polys):
+            if len(pts) < 3:
                 raise TextEvalFormatError(f"{where}.words.{wid}.points: need >= 3 finite [x, y] pairs, "
                                           f"got shape {pts.shape}")
-            text = word.get("transcription") or ""
-            polys.append(pts)
-            texts.append(str(text))
-            ignore.append(bool(word.get("illegibility", False)) or text == DONT_CARE)
-            scores.append(word.get("score", word.get("confidence")))
-        name = Path(str(file_name)).stem
+        name = Path(words.name).stem
         if name in out:
             raise TextEvalFormatError(f"{where}: name {name!r} appears twice (extensions are ignored)")
-        score_list = [float(s) for s in scores] if scores and all(s is not None for s in scores) else None
-        out[name] = (polys, texts, ignore, score_list, f"{path} (images.{file_name})")
+        out[name] = _record(words, f"{path} (images.{words.name})")
     return out

@@ -16,7 +16,7 @@ At inference only ``prob`` is used by post-processing; ``thresh``/``binary`` exi
   timm (never a download); backbones are timm names, created with ``features_only``. timm loads
   them non-strictly, so a file that cannot be read or does not fill the backbone (another model's
   weights would leave it random without a word) raises ValueError naming ``model.weights`` and the
-  file: the backbone is built by detection's :func:`~sweeper.tasks.detection.model.create_timm_body`.
+  file: the backbone is built by :func:`~sweeper.tasks.backbones.create_timm_body`, as detection's.
 
 Usage::
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from sweeper.tasks.detection.model import create_timm_body
+from sweeper.tasks.backbones import create_timm_body
 
 DECODERS = ("unet", "fpn")
 

@@ -4,14 +4,19 @@ Contract (see :class:`sweeper.tasks.Task`):
 
 * ``DBNetTask(config, device)`` loads the UFO or ICDAR-2015 data (:mod:`.data`, polygons
   validated), builds DBNet (:mod:`.model`), the loss (:mod:`.loss`), optimizer and LR schedule
-  (:mod:`sweeper.tasks.training`), seeded from ``train.seed``.
-* ``train_one_epoch(epoch)`` -> ``train/loss`` and its terms, ``train/lr``, ``train/images_per_s``;
-  a NaN/inf loss raises :class:`~sweeper.tasks.NonFiniteLossError`.
+  (:mod:`sweeper.tasks.training`) from the validated trial config (a nested dict is validated
+  into it; :mod:`.spec` holds every default), seeded from ``train.seed``. ``runtime`` says what
+  it resolved: device, AMP on/off, channels_last.
+* ``train_one_epoch(epoch)`` seeds the epoch's data order and trains with
+  :func:`~sweeper.tasks.training.run_epoch` -> ``train/loss`` and its terms, ``train/lr``,
+  ``train/images_per_s``; a NaN/inf loss raises :class:`~sweeper.tasks.NonFiniteLossError`.
 * ``evaluate()`` runs the network ONCE over the validation split and keeps the probability maps;
   post-processing (:mod:`.postprocess`) then runs for the ``post`` settings and for every point
   of ``eval_grid`` (``post.box_thresh`` x ``post.thresh`` x ...) on those same maps, and each
   point is scored with ``eval.metric`` (``icdar15`` | ``cleval`` | ``cleval_per_image``). Returned:
-  ``precision``, ``recall``, ``hmean`` of the best point, ``best/<key>`` and ``default/hmean``.
+  ``precision``, ``recall``, ``hmean`` of the point best for ``objective.metric`` in
+  ``objective.mode`` (the sweep's objective, usually max ``hmean``), ``best/<key>`` and
+  ``default/<objective>``.
 
 Usage::
 
@@ -21,8 +26,6 @@ Usage::
 """
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,22 +33,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sweeper.tasks import NonFiniteLossError
+from sweeper.config.trial import as_trial_config
 from sweeper.tasks.dbnet.data import TextDetDataset, collate, load_icdar2015, load_ufo
 from sweeper.tasks.dbnet.hmean import TextSample, icdar15_hmean
 from sweeper.tasks.dbnet.loss import DBLoss
 from sweeper.tasks.dbnet.model import build_dbnet
 from sweeper.tasks.dbnet.postprocess import polygons_from_prob
-from sweeper.tasks.training import (
-    Optimization,
-    loader_settings,
-    best_over_grid,
-    check_injected_oom,
-    micro_batches,
-    seed_everything,
-)
+from sweeper.tasks.dbnet.spec import SPEC
+from sweeper.tasks.training import Optimization, best_over_grid, loader_settings, run_epoch, seed_everything
 
-POST_KEYS = ("thresh", "box_thresh", "unclip_ratio", "max_candidates", "min_size")
+#: the `post` keys an eval grid may sweep (each scored on the same probability maps)
+POST_KEYS = tuple(k.removeprefix("post.") for k in SPEC.eval_grid_keys)
 
 
 def _metric_fn(name: str):  # noqa: ANN202 - returns the evaluator
@@ -71,79 +69,60 @@ def _load(fmt: str, ann: str, images: str) -> list:
 class DBNetTask:
     """One trial's DBNet, data and optimizer; see the module docstring for the contract."""
 
-    def __init__(self, config: Mapping[str, Any], device: str = "cpu") -> None:
-        self.config = config
+    def __init__(self, config: Any, device: str = "cpu") -> None:
+        self.cfg = cfg = as_trial_config(config, "dbnet")
+        if cfg.data is None:
+            raise ValueError("data: the dbnet task needs a text dataset (data.train, data.val, data.images)")
+        train = cfg.train
         self.device = torch.device(device)
-        data, train = config["data"], config["train"]
-        self.train_cfg = train
-        self.post = dict(config["post"])
-        self.seed = int(train.get("seed", 0))
-        self.use_amp = self.device.type == "cuda" and bool(train.get("amp", True))
-        self.grid = {k: list(v) for k, v in (config.get("eval_grid") or {}).items()}
+        self.use_amp = self.device.type == "cuda" and train.amp
+        self.runtime: dict[str, Any] = {"device": self.device.type, "amp": self.use_amp, "channels_last": False}
+        self.grid = {k: list(v) for k, v in cfg.eval_grid.items()}
         for key in self.grid:
             if key.removeprefix("post.") not in POST_KEYS:
                 raise ValueError(f"eval_grid.{key}: only post.{', post.'.join(POST_KEYS)} can be swept at evaluation")
-        self.metric = _metric_fn(config.get("eval", {}).get("metric", "icdar15"))
-        seed_everything(self.seed)
+        self.metric = _metric_fn(cfg.eval.metric)
+        seed_everything(train.seed)
 
-        res = int(train["resolution"])
-        fmt = data.get("format") or "ufo"
-        train_images = _load(fmt, data["train"], data["images"])
-        if train.get("max_train_images"):
-            train_images = train_images[: int(train["max_train_images"])]
-        labels = dict(config.get("labels") or {})
-        self.train_ds = TextDetDataset(train_images, res, train=True, hflip=float(train.get("hflip", 0.0)),
-                                       label_cfg=labels)
-        self.val_ds = TextDetDataset(_load(fmt, data["val"], data["images"]), res, train=False, hflip=0.0,
-                                     label_cfg=labels)
-        batch, loader = int(train["batch_size"]), loader_settings(train.get("workers"), device=self.device)
+        fmt = cfg.data.format or SPEC.data_formats[0]
+        train_images = _load(fmt, cfg.data.train, cfg.data.images)
+        if train.max_train_images:
+            train_images = train_images[: train.max_train_images]
+        labels = cfg.labels.model_dump()
+        self.train_ds = TextDetDataset(train_images, train.resolution, train=True, hflip=train.hflip, label_cfg=labels)
+        self.val_ds = TextDetDataset(_load(fmt, cfg.data.val, cfg.data.images), train.resolution, train=False,
+                                     hflip=0.0, label_cfg=labels)
+        batch, loader = train.batch_size, loader_settings(train.workers, device=self.device)
         self.generator = torch.Generator()
         self.train_loader = DataLoader(self.train_ds, batch_size=batch, shuffle=True, collate_fn=collate,
                                        generator=self.generator, drop_last=len(self.train_ds) > batch, **loader)
         self.val_loader = DataLoader(self.val_ds, batch_size=batch, shuffle=False, collate_fn=collate, **loader)
 
-        self.model = build_dbnet(config["model"]).to(self.device)
-        self.loss = DBLoss(**config.get("loss", {}))
-        self.micro_batches = int(train.get("micro_batches", 1))
+        self.model = build_dbnet(cfg.model.model_dump()).to(self.device)
+        self.loss = DBLoss(**cfg.loss.model_dump())
         self.opt = Optimization(self.model, train, len(self.train_loader), amp=self.use_amp,
                                 cuda=self.device.type == "cuda")
 
     # ---------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (1-based); the data order depends only on (seed, epoch)."""
-        self.model.train()
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
-        n_steps, n_images, total, lr = len(self.train_loader), 0, 0.0, 0.0
-        terms: dict[str, float] = {}
-        start = time.perf_counter()
-        for step, (images, maps, _) in enumerate(self.train_loader, start=1):
-            images = images.to(self.device, non_blocking=True)
-            maps = {k: v.to(self.device, non_blocking=True) for k, v in maps.items()}
-            lr = self.opt.lr
-            self.opt.zero_grad()
-            for part in micro_batches(images.shape[0], self.micro_batches):  # gradient accumulation
-                check_injected_oom(images[part].shape[0])
-                share = images[part].shape[0] / images.shape[0]
-                with torch.autocast("cuda", enabled=self.use_amp):
-                    out = self.model(images[part])
-                # hard-negative mining (OHEM) then runs per micro-batch
-                losses = self.loss({k: v.float() for k, v in out.items()}, {k: v[part] for k, v in maps.items()})
-                value = float(losses["loss"].detach())
-                if not math.isfinite(value):
-                    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "loss")
-                    raise NonFiniteLossError(f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})")
-                self.opt.backward(losses["loss"] * share)
-                total += value * share
-                for k, v in losses.items():
-                    if k != "loss":
-                        terms[k] = terms.get(k, 0.0) + float(v.detach()) * share
-            self.opt.update()
-            n_images += images.shape[0]
-        steps = max(1, n_steps)
-        metrics = {"train/loss": total / steps, "train/lr": lr,
-                   "train/images_per_s": n_images / max(time.perf_counter() - start, 1e-9)}
-        metrics.update({f"train/{k}": v / steps for k, v in terms.items()})
-        return metrics
+        self.generator.manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        return run_epoch(self.model, self.train_loader, self._losses, self.opt, epoch=epoch, prepare=self._to_device,
+                         micro=self.cfg.train.micro_batches, amp=self.use_amp)
+
+    def _to_device(self, batch: tuple[torch.Tensor, dict[str, torch.Tensor], list]) -> tuple[torch.Tensor, dict]:
+        """One loader batch as DBNet trains on it: images and label maps on the device (metas stay)."""
+        images, maps, _ = batch
+        maps = {k: v.to(self.device, non_blocking=True) for k, v in maps.items()}
+        return images.to(self.device, non_blocking=True), maps
+
+    def _losses(self, images: torch.Tensor, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """DBLoss of one micro-batch (its `loss` entry is the weighted total). The network runs
+        under the caller's autocast, the loss in float32 outside it; hard-negative mining (OHEM)
+        then runs per micro-batch."""
+        out = self.model(images)
+        with torch.autocast("cuda", enabled=False):
+            return self.loss({k: v.float() for k, v in out.items()}, maps)
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -168,7 +147,7 @@ class DBNetTask:
             polys, scores = polygons_from_prob(
                 prob, thresh=post["thresh"], box_thresh=post["box_thresh"], unclip_ratio=post["unclip_ratio"],
                 max_candidates=int(post["max_candidates"]), min_size=int(post["min_size"]),
-                mode=self.post.get("mode", "box"), scale=meta["scale"], orig_size=tuple(meta["orig_size"]))
+                mode=self.cfg.post.mode, scale=meta["scale"], orig_size=tuple(meta["orig_size"]))
             samples.append(TextSample(name=str(meta["name"]), gt=list(meta["polys"]), gt_texts=list(meta["texts"]),
                                       gt_ignore=list(meta["ignore"]), det=list(polys), det_scores=list(scores)))
         result = self.metric(samples)
@@ -177,10 +156,10 @@ class DBNetTask:
     def evaluate(self) -> dict[str, float]:
         """Precision/recall/hmean on the validation split (best eval-grid point, see module doc)."""
         maps = self.predict_maps()
-        defaults = {f"post.{k}": self.post[k] for k in POST_KEYS}
+        defaults = {f"post.{k}": getattr(self.cfg.post, k) for k in POST_KEYS}
         return best_over_grid(self.grid, defaults,
                               lambda point: self._score(maps, {k.removeprefix("post."): v for k, v in point.items()}),
-                              "hmean")
+                              self.cfg.objective.metric, self.cfg.objective.mode)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Contract
 --------
 * Settings are the trial config's ``augment`` section (keys and defaults from
-  :class:`sweeper.schema.DetectionAugment`; every default leaves the image alone), read once by
+  :class:`sweeper.tasks.detection.spec.DetectionAugment`; every default leaves the image alone), read once by
   :func:`parse_augment`. ``train.hflip`` stays in ``train`` and is passed separately.
 * Randomness comes only from :func:`item_rng` ``(seed, epoch, idx)``: an item is the same whether
   epoch ``e`` runs straight through or after a checkpoint restore, and whatever the number of
@@ -41,7 +41,7 @@ import torch
 from pydantic import ValidationError
 from torchvision.transforms.v2 import functional as F
 
-from sweeper.schema import DetectionAugment
+from sweeper.tasks.detection.spec import DetectionAugment
 
 #: one mosaic tile or plain item: image [3, h, w], boxes [N, 4], labels [N], sizes [N]
 Tile = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

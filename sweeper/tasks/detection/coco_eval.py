@@ -17,7 +17,7 @@ to pycocotools with one warning. What this module adds is what a sweep needs aro
 * GT annotation ids renumbered internally, so a GT with id 0 is not silently scored as a miss
   (both libraries use the matched GT id as the "matched" flag);
 * input errors as :class:`CocoFormatError` naming the file and the field, never an ``assert``,
-  whichever backend runs.
+  whichever backend runs (the checks are :mod:`.coco_io`'s, the same the training data passes).
 
 Usage::
 
@@ -39,15 +39,30 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import json
 import math
-import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The COCO reader lives in coco_io; its names stay importable from here, where callers found them.
+from sweeper.tasks.detection.coco_io import (
+    GT_REQUIRED,
+    GT_REQUIRED_MINIMAL,
+    CocoFormatError,
+    is_number,
+    load_coco_gt,
+    load_detections,
+    read_json,
+    validate_coco_gt,
+    validate_detections,
+)
+
+__all__ = ["BACKENDS", "GT_REQUIRED", "GT_REQUIRED_MINIMAL", "STAT_NAMES", "CocoFormatError", "evaluate_coco",
+           "is_number", "load_coco_gt", "load_detections", "read_json", "resolve_backend", "validate_coco_gt",
+           "validate_detections"]
 
 #: pycocotools' ``COCOeval.stats`` order for bbox evaluation, under our metric names.
 STAT_NAMES: tuple[str, ...] = (
@@ -59,130 +74,6 @@ BACKENDS: tuple[str, ...] = ("faster_coco_eval", "pycocotools")
 _STANDARD_AREA_LABELS = ("all", "small", "medium", "large")
 #: pycocotools' "no upper bound" area (its default for "all" and "large").
 _MAX_AREA = 1e5**2
-
-#: section -> keys each of its items needs for COCOeval (``validate_coco_gt``'s default)
-GT_REQUIRED: dict[str, tuple[str, ...]] = {
-    "images": ("id",),
-    "categories": ("id", "name"),
-    "annotations": ("id", "image_id", "category_id", "bbox", "area"),
-}
-#: the keys ``validate_coco_gt``'s own checks read: the least any ``required=`` may name
-#: (enough for code that only reads boxes, e.g. dataset statistics, where ``area`` is optional)
-GT_REQUIRED_MINIMAL: dict[str, tuple[str, ...]] = {
-    "images": ("id",),
-    "categories": ("id", "name"),
-    "annotations": ("image_id", "category_id", "bbox"),
-}
-_DET_REQUIRED = ("image_id", "category_id", "bbox", "score")
-
-
-class CocoFormatError(ValueError):
-    """A ground-truth or detection file (or dict) does not follow the COCO format we need."""
-
-
-# --------------------------------------------------------------------------------------------
-# loading and validation
-# --------------------------------------------------------------------------------------------
-def read_json(path: str | Path, what: str) -> Any:
-    """Parse a JSON file; a missing, unreadable or malformed one raises CocoFormatError naming it
-    (``what`` says which file, e.g. "COCO ground-truth")."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CocoFormatError(f"{path}: {what} file not found") from None
-    except OSError as exc:
-        raise CocoFormatError(f"{path}: cannot read {what} file: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CocoFormatError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
-
-
-def is_number(value: Any) -> bool:
-    """A real number, bools excepted (numpy scalars included)."""
-    # Plain floats and ints first: the ABC check below is slow and runs 5x per detection.
-    if type(value) is float or type(value) is int:
-        return True
-    # numbers.Real also admits numpy scalars (np.float32 from a model's output).
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_box(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 4 and all(map(is_number, value))
-
-
-def validate_coco_gt(data: Any, source: str = "<ground truth>", *,
-                     required: Mapping[str, Sequence[str]] = GT_REQUIRED) -> None:
-    """Check the keys pycocotools relies on, so a bad file fails here with its name and field
-    instead of as a ``KeyError`` deep inside ``COCOeval``.
-
-    ``required`` maps each section (images, categories, annotations: all three must be there) to
-    the keys each of its items must have; it names at least :data:`GT_REQUIRED_MINIMAL`, which the
-    cross-checks read (boxes, ids that exist, unique category names). The default is what
-    COCOeval reads; a reader of boxes alone passes :data:`GT_REQUIRED_MINIMAL`.
-    """
-    if not isinstance(data, Mapping):
-        raise CocoFormatError(f"{source}: COCO ground truth must be a JSON object, got {type(data).__name__}")
-    for section, keys in required.items():
-        if section not in data:
-            raise CocoFormatError(f"{source}: missing top-level key {section!r} (COCO needs images, annotations, categories)")
-        items = data[section]
-        if not isinstance(items, list):
-            raise CocoFormatError(f"{source}: {section!r} must be a list, got {type(items).__name__}")
-        for i, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                raise CocoFormatError(f"{source}: {section}[{i}] must be an object")
-            for key in keys:
-                if key not in item:
-                    raise CocoFormatError(f"{source}: {section}[{i}] is missing {key!r}")
-    image_ids = {img["id"] for img in data["images"]}
-    cat_names: dict[Any, str] = {}
-    for i, cat in enumerate(data["categories"]):
-        if cat["name"] in cat_names.values():
-            raise CocoFormatError(f"{source}: categories[{i}].name {cat['name']!r} is used twice (metric ap/<name> must be unique)")
-        cat_names[cat["id"]] = cat["name"]
-    for i, ann in enumerate(data["annotations"]):
-        if not _is_box(ann["bbox"]):
-            raise CocoFormatError(f"{source}: annotations[{i}].bbox must be 4 numbers [x, y, w, h], got {ann['bbox']!r}")
-        if ann["image_id"] not in image_ids:
-            raise CocoFormatError(f"{source}: annotations[{i}].image_id {ann['image_id']!r} is not in 'images'")
-        if ann["category_id"] not in cat_names:
-            raise CocoFormatError(f"{source}: annotations[{i}].category_id {ann['category_id']!r} is not in 'categories'")
-
-
-def validate_detections(dets: Any, source: str = "<detections>") -> None:
-    """Check a loadRes-style detection list: a list of objects with image_id, category_id,
-    bbox [x, y, w, h] and score."""
-    if not isinstance(dets, list):
-        raise CocoFormatError(f"{source}: detections must be a JSON list of objects, got {type(dets).__name__}")
-    for i, det in enumerate(dets):
-        if not isinstance(det, Mapping):
-            raise CocoFormatError(f"{source}: detection [{i}] must be an object, got {type(det).__name__}")
-        for key in _DET_REQUIRED:
-            if key not in det:
-                raise CocoFormatError(f"{source}: detection [{i}] is missing {key!r} (need {', '.join(_DET_REQUIRED)})")
-        if not _is_box(det["bbox"]):
-            raise CocoFormatError(f"{source}: detection [{i}].bbox must be 4 numbers [x, y, w, h], got {det['bbox']!r}")
-        score = det["score"]
-        if not is_number(score) or not math.isfinite(score):
-            raise CocoFormatError(f"{source}: detection [{i}].score must be a finite number, got {score!r}")
-
-
-def load_coco_gt(path: str | Path) -> dict[str, Any]:
-    """Read and validate a COCO ground-truth JSON file; errors name the file and the field."""
-    data = read_json(path, "COCO ground-truth")
-    validate_coco_gt(data, str(path))
-    return data
-
-
-def load_detections(path: str | Path) -> list[dict[str, Any]]:
-    """Read and validate a COCO results JSON file (a list of detections)."""
-    data = read_json(path, "detections")
-    validate_detections(data, str(path))
-    return data
 
 
 # --------------------------------------------------------------------------------------------

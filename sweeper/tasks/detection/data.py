@@ -35,9 +35,11 @@ Contract
   ``orig_size`` map back exactly only for unaugmented items (evaluation); a mosaic item has the
   ``image_id`` of item ``idx``, ``scale`` 1.0 and ``orig_size`` ``(R, R)``, a scale-jittered item
   the jittered scale.
-* Bad input raises :class:`DatasetError` naming the file and the field (and the image or
-  annotation id): a missing or unreadable annotation file, JSON syntax errors, missing keys,
-  duplicate image ids, unknown image or category ids, malformed boxes, a split without images,
+* Bad input raises :class:`DatasetError` (the one COCO error type, :class:`.coco_io.CocoFormatError`)
+  naming the file and the field (and the image or annotation id). The file passes the same checks
+  as for evaluation (:func:`.coco_io.validate_coco_gt`): a missing or unreadable annotation file,
+  JSON syntax errors, missing keys, duplicate image ids or category names, unknown image or
+  category ids, malformed boxes or areas; and here: a split without images or categories,
   a ``file_name`` that leaves the images directory (``../x.png``, absolute paths), missing image
   files (checked at load) and image files that fail to decode (when opened).
 
@@ -54,8 +56,6 @@ Usage::
 """
 from __future__ import annotations
 
-import json
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -82,44 +82,21 @@ from sweeper.tasks.detection.augment import (
     scale_factor,
     vflip,
 )
+from sweeper.tasks.detection.coco_io import (GT_REQUIRED_MINIMAL, CocoFormatError, read_json, record_name,
+                                             validate_coco_gt)
 
-__all__ = ["CocoDetection", "DatasetError", "collate_fn", "make_loader", "mosaic_active", "resolution_at",
-           "set_loader_epoch", "to_original_coords"]
+__all__ = ["CocoDetection", "CocoFormatError", "DatasetError", "collate_fn", "make_loader", "mosaic_active",
+           "resolution_at", "set_loader_epoch", "to_original_coords"]
 
 
 #: px a box may reach outside its image's width/height before it is reported (rounding noise)
 OUTSIDE_TOLERANCE = 1.0
 
 
-class DatasetError(ValueError):
-    """A detection data set (annotation file, image file) is missing or malformed."""
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read annotation file: {exc}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DatasetError(f"{path}: missing top-level key '{key}' (COCO detection format)")
-        if not isinstance(data[key], list):
-            raise DatasetError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
-    return data
-
-
-def _field(path: Path, where: str, record: Any, key: str) -> Any:
-    if not isinstance(record, dict) or key not in record:
-        raise DatasetError(f"{path}: {where} has no '{key}' field")
-    return record[key]
+#: the name the training code has always raised: the one COCO error type, whatever went wrong
+DatasetError = CocoFormatError
+#: what training reads of each record (``area`` and the annotation ``id`` are optional here)
+_TRAIN_REQUIRED = {**GT_REQUIRED_MINIMAL, "images": ("id", "file_name")}
 
 
 def _check_file_name(path: Path, where: str, name: str) -> None:
@@ -149,6 +126,9 @@ class CocoDetection(Dataset):
     ``max_images`` keeps only the first N images in file order (quick trials). ``augment`` is the
     trial config's ``augment`` section (missing keys: off); it and ``hflip`` apply only when
     ``train``. ``seed`` seeds the per-item augmentation RNG together with the epoch and index.
+    ``gt`` is ``ann_file`` already parsed (e.g. by :func:`.coco_io.load_coco_gt`), so a trial
+    parses its validation file once for the dataset and the evaluator; it is not modified, and
+    ``ann_file`` still names it in messages.
     """
 
     def __init__(
@@ -162,6 +142,7 @@ class CocoDetection(Dataset):
         max_images: int | None = None,
         augment: Mapping[str, Any] | None = None,
         seed: int = 0,
+        gt: Mapping[str, Any] | None = None,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.images_dir = Path(images_dir)
@@ -176,13 +157,11 @@ class CocoDetection(Dataset):
         self.seed = int(seed)
         self.epoch = 0  # until set_epoch: its own RNG stream, mosaic on as in epoch 1
         self.mosaic_on = self.augment.mosaic_until > 0
-        data = _read_json(self.ann_file)
         path = self.ann_file
+        data = read_json(path, "annotation") if gt is None else gt
+        validate_coco_gt(data, str(path), required=_TRAIN_REQUIRED, name_ids=True)
 
-        cats = {}
-        for i, cat in enumerate(data["categories"]):
-            cid = _field(path, f"categories[{i}]", cat, "id")
-            cats[cid] = str(_field(path, f"categories[{i}]", cat, "name"))
+        cats = {cat["id"]: str(cat["name"]) for cat in data["categories"]}
         if not cats:
             raise DatasetError(f"{path}: 'categories' is empty; at least one category is needed")
         #: label (1..K) -> COCO category id / name; index 0 is background.
@@ -192,17 +171,12 @@ class CocoDetection(Dataset):
         self.categories = [{"id": c, "name": cats[c]} for c in sorted(cats)]
 
         self.images: list[dict[str, Any]] = []
-        index: dict[Any, int] = {}
         for i, img in enumerate(data["images"]):
-            iid = _field(path, f"images[{i}]", img, "id")
-            name = _field(path, f"images[{i}] (id {iid})", img, "file_name")
-            if iid in index:
-                raise DatasetError(f"{path}: images[{i}]: duplicate image id {iid}")
-            _check_file_name(path, f"images[{i}] (id {iid})", str(name))
-            index[iid] = len(self.images)
-            self.images.append({"id": iid, "file_name": str(name), "boxes": [], "labels": []})
+            _check_file_name(path, record_name("images", i, img), str(img["file_name"]))
+            self.images.append({"id": img["id"], "file_name": str(img["file_name"]), "boxes": [], "labels": []})
         if not self.images:
             raise DatasetError(f"{path}: 'images' is empty; a split needs at least one image")
+        index = {img["id"]: i for i, img in enumerate(self.images)}
         sizes = [{"width": img.get("width"), "height": img.get("height")} for img in data["images"]]
 
         self.num_dropped = 0
@@ -211,33 +185,20 @@ class CocoDetection(Dataset):
         dropped: list[str] = []
         outside: list[str] = []
         for i, ann in enumerate(data["annotations"]):
-            where = f"annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
-            iid = _field(path, where, ann, "image_id")
-            cid = _field(path, where, ann, "category_id")
-            bbox = _field(path, where, ann, "bbox")
-            if iid not in index:
-                raise DatasetError(f"{path}: {where}: image_id {iid!r} is not in 'images'")
-            if cid not in self.cat_id_to_label:
-                raise DatasetError(f"{path}: {where}: category_id {cid!r} is not in 'categories'")
-            if (
-                not isinstance(bbox, (list, tuple))
-                or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-            ):
-                raise DatasetError(f"{path}: {where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
             if ann.get("iscrowd", 0) or ann.get("ignore", 0):
                 continue
-            x, y, w, h = (float(v) for v in bbox)
+            x, y, w, h = (float(v) for v in ann["bbox"])
             if w <= 0 or h <= 0:
                 self.num_dropped += 1
-                dropped.append(where)
+                dropped.append(record_name("annotations", i, ann))
                 continue
-            rec = self.images[index[iid]]
+            j = index[ann["image_id"]]
+            rec = self.images[j]
             rec["boxes"].append([x, y, x + w, y + h])
-            rec["labels"].append(self.cat_id_to_label[cid])
-            if _overhangs(rec["boxes"][-1], sizes[index[iid]]):
+            rec["labels"].append(self.cat_id_to_label[ann["category_id"]])
+            if _overhangs(rec["boxes"][-1], sizes[j]):
                 self.num_outside += 1
-                outside.append(where)
+                outside.append(record_name("annotations", i, ann))
         if self.num_dropped:
             warnings.warn(
                 f"{path}: dropped {self.num_dropped} annotation(s) with zero or negative box size "

@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.tasks.detection.coco_eval import (GT_REQUIRED_MINIMAL, CocoFormatError, is_number, read_json,
-                                               validate_coco_gt)
+from sweeper.tasks.detection.coco_io import GT_REQUIRED_MINIMAL, load_coco_gt
 
 #: histogram edges in sqrt-area px; the last bin is open-ended. Roughly log-spaced: object
 #: sizes span orders of magnitude, and the small end is where thresholds are hard to choose.
@@ -66,15 +65,6 @@ def _check_thresholds(values: Sequence[float], where: str) -> None:
                          f"got {list(values)}")
 
 
-def _check(data: Any, path: Path) -> None:
-    """The fields this module reads; COCOeval-only fields (``id``, ``area``) are optional here,
-    but an ``area`` that is there must be a size (it is preferred to the box's)."""
-    validate_coco_gt(data, str(path), required=GT_REQUIRED_MINIMAL)
-    for i, ann in enumerate(data["annotations"]):
-        if "area" in ann and not (is_number(ann["area"]) and ann["area"] >= 0):
-            raise CocoFormatError(f"{path}: annotations[{i}].area must be a number >= 0, got {ann['area']!r}")
-
-
 def dataset_stats(
     ann_file: str | Path,
     thresholds: Sequence[float] = (32, 96),
@@ -97,13 +87,14 @@ def dataset_stats(
     if len(bins) < 1 or list(bins) != sorted(set(bins)) or bins[0] < 0:
         raise ValueError(f"bins: need increasing edges >= 0 in pixels, got {list(bins)}")
     path = Path(ann_file)
-    data = read_json(path, "COCO annotation")
-    _check(data, path)
+    # COCOeval-only fields (``id``, ``area``) are optional here; an ``area`` that is there is checked
+    # as everywhere else (it is preferred to the box's size; a negative one counts as 0, as boxes do).
+    data = load_coco_gt(path, required=GT_REQUIRED_MINIMAL, what="COCO annotation")
 
     names = {c["id"]: str(c["name"]) for c in data["categories"]}
     anns = [a for a in data["annotations"] if not a.get("iscrowd")]
-    sides = np.array([math.sqrt(a["area"]) if "area" in a else math.sqrt(max(a["bbox"][2], 0) * max(a["bbox"][3], 0))
-                      for a in anns], dtype=float)
+    areas = [a["area"] if "area" in a else max(a["bbox"][2], 0) * max(a["bbox"][3], 0) for a in anns]
+    sides = np.sqrt(np.maximum(np.asarray(areas, dtype=float), 0))
     bucket_of = np.searchsorted(np.asarray(thresholds, float), sides, side="right")  # lo <= s < hi
     labels = bucket_names(thresholds)
 

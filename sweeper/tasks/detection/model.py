@@ -32,8 +32,8 @@ detector (``model.arch`` in :data:`ARCHS`) whose ``num_classes`` includes backgr
   A file that cannot be read (truncated, not a checkpoint) or that does not fill the backbone
   (timm loads backbone weights non-strictly, so another model's state dict would silently leave
   it random) raises ValueError naming the file and a few of the missing/unexpected keys.
-  Building, loading and checking the backbone is :func:`create_timm_body`, which DBNet uses too
-  (the BatchNorm freezing stays in :func:`build_model`).
+  Building, loading and checking the backbone is :func:`.backbones.create_timm_body`, which DBNet
+  uses too (the BatchNorm freezing stays in :func:`build_model`).
 
 Usage::
 
@@ -49,7 +49,6 @@ from __future__ import annotations
 import difflib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -61,7 +60,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from sweeper.tasks.backbones import check_backbone
+from sweeper.tasks.backbones import create_timm_body
 from sweeper.tasks.detection.losses import (WeightedFCOSHead, WeightedRetinaNetHead, WeightedRoIHeads,
                                             WeightedRPN, fcos_norm_groups, set_size_weight_cls)
 
@@ -139,86 +138,9 @@ class TimmFPNBackbone(nn.Module):
         return self.fpn(OrderedDict(zip(self.level_names, feats)))
 
 
-def create_timm_body(model_cfg: Mapping[str, Any], **timm_kwargs: Any) -> nn.Module:
-    """The timm ``features_only`` backbone named by ``model_cfg`` (a trial config's ``model``
-    section), for every task: detection and DBNet build their bodies here.
-
-    ``model.backbone`` is checked against timm first (a typo names the closest models);
-    ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``out_indices``). ``model.weights`` is a local
-    file loaded through timm's ``pretrained_cfg_overlay``, never a download, and required by
-    ``model.pretrained: True``. timm loads it non-strictly, so the file is read first (a damaged one
-    fails with a clear ValueError) and the built body is then checked to hold its tensors.
-    """
-    name = model_cfg.get("backbone", "resnet18")
-    check_backbone(name)
-    weights = model_cfg.get("weights")
-    if model_cfg.get("pretrained", False) and not weights:
-        raise ValueError(
-            "model.pretrained: True needs model.weights (a local backbone file); "
-            "sweeps never download weights"
-        )
-    kwargs: dict[str, Any] = {"features_only": True, **timm_kwargs}
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ValueError(f"model.weights: backbone weights file not found: {path}")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-        in_file = _read_weights(path)
-    try:
-        body = timm.create_model(name, pretrained=bool(weights), **kwargs)
-    except (RuntimeError, KeyError) as exc:  # e.g. a tensor of the right name but another shape
-        if weights:
-            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: "
-                             f"{_shorten(str(exc))}") from exc
-        raise
-    if weights:
-        _check_loaded(body, in_file, f"model.weights: {weights} does not fit timm model {name!r}")
-    return body
-
-
 def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Module, bool]:
     """The last ``num_levels`` feature levels, and whether weights were loaded (their BN is frozen)."""
     return create_timm_body(model_cfg, out_indices=num_levels), bool(model_cfg.get("weights"))
-
-
-def _read_weights(path: Path) -> dict[str, tuple[tuple[int, ...], float]]:
-    """Fingerprints of the float tensors of a weights file, read as timm reads it (so a damaged
-    file fails here with a clear ValueError); only the fingerprints are kept, not the tensors."""
-    try:
-        state = timm.models.load_state_dict(str(path))
-    except Exception as exc:  # torch.load / safetensors raise many types on a damaged file
-        raise ValueError(f"model.weights: cannot read {path} (truncated or not a checkpoint?): "
-                         f"{type(exc).__name__}: {_shorten(str(exc))}") from None
-    items = state.items() if isinstance(state, Mapping) else ()
-    prints = {k: _fingerprint(v) for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()}
-    if not prints:
-        raise ValueError(f"model.weights: {path} holds no state dict of float tensors")
-    return prints
-
-
-def _shorten(text: str, limit: int = 600) -> str:
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def _fingerprint(t: torch.Tensor) -> tuple[tuple[int, ...], float]:
-    return tuple(t.shape), float(t.detach().double().sum())
-
-
-def _check_loaded(body: nn.Module, in_file: Mapping[str, tuple[tuple[int, ...], float]], what: str) -> None:
-    """Raise unless every weight tensor (2+ dims) of ``body`` holds a tensor of the file.
-
-    Compared by value (shape and sum), not name: timm's feature wrappers rename modules and its
-    checkpoint filters rename keys, but a weight that was loaded is a copy of a tensor in the file.
-    (1-d tensors are not compared: fresh norms and biases are constants any file may contain.)"""
-    found = set(in_file.values())
-    weights = {k: _fingerprint(v) for k, v in body.named_parameters() if v.ndim >= 2}
-    missing = [k for k, fp in weights.items() if fp not in found]
-    if missing:
-        used = set(weights.values())
-        unexpected = [k for k, fp in in_file.items() if fp not in used]
-        raise ValueError(f"{what}: {len(missing)} of its {len(weights)} weight tensors are not in the file "
-                         f"(missing e.g. {', '.join(missing[:5])}; unexpected keys in the file e.g. "
-                         f"{', '.join(unexpected[:5]) or 'none'})")
 
 
 def _anchors(model_cfg: Mapping[str, Any], strides: list[int], scale: int = 4,

@@ -3,16 +3,20 @@
 Contract (see :class:`sweeper.tasks.Task`)
 ------------------------------------------
 * ``DetectionTask(config, device)`` builds the data (:mod:`.data`), the detector (:mod:`.model`),
-  the optimizer and a per-iteration LR schedule from the trial config (``data.*``, ``model.*``,
-  ``train.*``, ``post.*``, ``eval_grid``), after seeding python/numpy/torch from ``train.seed``.
-* ``train_one_epoch(epoch)`` -> ``train/loss`` (mean over the epoch's steps), ``train/lr`` (the
-  last step's LR), ``train/images_per_s`` and the mean of each loss term (``train/loss_<name>``).
-  A NaN/inf loss raises :class:`~sweeper.tasks.NonFiniteLossError` naming epoch, step and value.
+  the optimizer and a per-iteration LR schedule from the validated trial config (``data.*``,
+  ``model.*``, ``train.*``, ``post.*``, ``eval_grid``; a nested dict is validated into it, so the
+  schema in :mod:`.spec` holds every default), after seeding python/numpy/torch from ``train.seed``.
+  ``runtime`` says what it resolved: device, AMP on/off, channels_last.
+* ``train_one_epoch(epoch)`` sets the epoch's resolution and data order, then trains with
+  :func:`~sweeper.tasks.training.run_epoch` -> ``train/loss`` (mean over the epoch's steps),
+  ``train/lr`` (the last step's LR), ``train/images_per_s`` and the mean of each loss term
+  (``train/loss_<name>``). A NaN/inf loss raises :class:`~sweeper.tasks.NonFiniteLossError`
+  naming epoch, step and value.
 * ``evaluate()`` -> COCO metrics of the validation split (``map``, ..., ``ap/<class>``), computed
   by :func:`.coco_eval.evaluate_coco` on boxes mapped back to original image coordinates. With an
   ``eval_grid`` (``post.score_thresh`` and/or ``post.max_dets``) the model runs once, at the
   loosest setting, and every grid point filters those detections: the metrics of the best point
-  for the objective (``config["objective_metric"]``, default ``map``, higher is better) are
+  for the objective (``objective.metric`` in ``objective.mode``, default: max ``map``) are
   returned, plus ``best/<key>`` for each grid key and ``default/<objective>`` (score at ``post``; MLflow forbids "@" in metric names).
 * ``state_dict()``/``load_state_dict()`` carry model, optimizer, scheduler, GradScaler and the
   python/numpy/torch RNG states: a restored task continues exactly as the original would have.
@@ -21,14 +25,12 @@ Contract (see :class:`sweeper.tasks.Task`)
 Usage::
 
     task = DetectionTask(trial_config, device="cpu")
-    for epoch in range(1, trial_config["train"]["epochs"] + 1):
+    for epoch in range(1, task.cfg.train.epochs + 1):
         print(task.train_one_epoch(epoch), task.evaluate())
     torch.save(task.state_dict(), "ckpt.pt")
 """
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,16 +39,16 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from sweeper.tasks import NonFiniteLossError
+from sweeper.config.trial import as_trial_config
 from sweeper.tasks.training import (
     Optimization,
-    loader_settings,
     best_over_grid,
-    check_injected_oom,
-    micro_batches,
+    loader_settings,
+    run_epoch,
     seed_everything,
 )
-from sweeper.tasks.detection.coco_eval import evaluate_coco, load_coco_gt
+from sweeper.tasks.detection.coco_eval import evaluate_coco
+from sweeper.tasks.detection.coco_io import read_json
 from sweeper.tasks.detection.confusion import confusion_from_coco, write_confusion
 from sweeper.tasks.detection.data import (
     CocoDetection,
@@ -57,10 +59,11 @@ from sweeper.tasks.detection.data import (
 )
 from sweeper.tasks.detection.losses import size_bucket_weights
 from sweeper.tasks.detection.model import build_model, set_postprocess, set_resolution
+from sweeper.tasks.detection.spec import SPEC
 
 #: eval_grid keys that can be scored from one forward pass (filters on kept detections; NMS is
 #: re-applied at each post.nms_iou to the pass's un-suppressed candidates).
-GRID_KEYS = ("post.score_thresh", "post.max_dets", "post.nms_iou")
+GRID_KEYS = SPEC.eval_grid_keys
 #: detections per image kept by the forward pass when NMS is re-applied later (no NMS in the pass)
 NMS_GRID_CANDIDATES = 5000
 
@@ -68,51 +71,39 @@ NMS_GRID_CANDIDATES = 5000
 class DetectionTask:
     """One trial's detector, data and optimizer; see the module docstring for the contract."""
 
-    def __init__(self, config: Mapping[str, Any], device: str = "cpu") -> None:
-        self.config = config
+    def __init__(self, config: Any, device: str = "cpu") -> None:
+        self.cfg = cfg = as_trial_config(config, "detection")
+        if cfg.data is None:
+            raise ValueError("data: the detection task needs a COCO dataset (data.train, data.val, data.images)")
+        train = cfg.train
         self.device = torch.device(device)
-        data, train, post = config["data"], config["train"], config.get("post", {})
-        self.train_cfg = train
-        self.post = {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100, **post}
-        self.seed = int(train.get("seed", 0))
-        if train.get("threads"):
-            torch.set_num_threads(int(train["threads"]))
         self.use_cuda = self.device.type == "cuda"
-        self.use_amp = self.use_cuda and bool(train.get("amp", True))
-        self.grid = self._parse_grid(config.get("eval_grid") or {})
-        self.objective = str(config.get("objective_metric", "map"))
-        seed_everything(self.seed)
+        self.use_amp = self.use_cuda and train.amp
+        self.runtime: dict[str, Any] = {"device": self.device.type, "amp": self.use_amp, "channels_last": self.use_cuda}
+        self.grid = self._parse_grid(cfg.eval_grid)
+        seed_everything(train.seed)
 
-        res = int(train.get("resolution", 512))
-        self.epochs = int(train.get("epochs", 1))
-        self.resolution, self.schedule = res, train.get("resolution_schedule")
-        evalcfg = config.get("eval") or {}
-        self.eval_resolution = int(evalcfg.get("resolution") or res)
-        self.eval_cfg = evalcfg
-        self.loss_cfg = config.get("loss") or {}
-        self.artifacts_dir = config.get("artifacts_dir")  # where evaluate() writes its files (the trial dir)
+        self.eval_resolution = cfg.eval.resolution or train.resolution
         self.train_ds = CocoDetection(
-            data["train"], data["images"], resolution=res, hflip=float(train.get("hflip", 0.5)),
-            train=True, max_images=train.get("max_train_images"), augment=config.get("augment"), seed=self.seed,
+            cfg.data.train, cfg.data.images, resolution=train.resolution, hflip=train.hflip, train=True,
+            max_images=train.max_train_images, augment=cfg.augment.model_dump(), seed=train.seed,
         )
-        self.val_ds = CocoDetection(data["val"], data["images"], resolution=self.eval_resolution)
+        self.val_gt = read_json(cfg.data.val, "annotation")  # parsed once: the val dataset and the evaluator
+        self.val_ds = CocoDetection(cfg.data.val, cfg.data.images, resolution=self.eval_resolution, gt=self.val_gt)
         self.train_ds.check_categories(self.val_ds)
-        self.val_gt = load_coco_gt(data["val"])
-        loader = loader_settings(train.get("workers"), device=self.device)
-        batch = int(train.get("batch_size", 4))
-        self.train_loader = make_loader(self.train_ds, batch_size=batch, shuffle=True, seed=self.seed,
+        loader = loader_settings(train.workers, device=self.device)
+        self.train_loader = make_loader(self.train_ds, batch_size=train.batch_size, shuffle=True, seed=train.seed,
                                         workers=loader["num_workers"], pin_memory=loader["pin_memory"])
-        self.val_loader = make_loader(self.val_ds, batch_size=batch, shuffle=False, seed=self.seed,
+        self.val_loader = make_loader(self.val_ds, batch_size=train.batch_size, shuffle=False, seed=train.seed,
                                       workers=loader["num_workers"], pin_memory=loader["pin_memory"])
 
-        self.model = build_model(config["model"], len(self.train_ds.categories) + 1, res, self.post,
-                                 loss_cfg=self.loss_cfg)
+        self.model = build_model(cfg.model.model_dump(), len(self.train_ds.categories) + 1, train.resolution,
+                                 cfg.post.model_dump(), loss_cfg=cfg.loss.model_dump())
         self.model.to(self.device)
-        if self.use_cuda:
+        if self.runtime["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
 
         self.opt = Optimization(self.model, train, len(self.train_loader), amp=self.use_amp, cuda=self.use_cuda)
-        self.micro_batches = int(train.get("micro_batches", 1))
 
     @staticmethod
     def _parse_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -131,63 +122,28 @@ class DetectionTask:
     # ---------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (1-based); see the module docstring for the returned metrics."""
-        self.model.train()
-        res = resolution_at(epoch, self.epochs, self.resolution, self.schedule)
+        train = self.cfg.train
+        res = resolution_at(epoch, train.epochs, train.resolution, train.resolution_schedule)
         self.train_ds.set_resolution(res)
         set_resolution(self.model, res)
-        self.train_ds.set_epoch(epoch, self.epochs)
-        set_loader_epoch(self.train_loader, seed=self.seed, epoch=epoch)
-        n_steps, n_images, total, lr = len(self.train_loader), 0, 0.0, 0.0
-        terms: dict[str, float] = {}
-        start = time.perf_counter()
-        for step, (images, targets) in enumerate(self.train_loader, start=1):
-            images = [im.to(self.device, non_blocking=True) for im in images]
-            targets = [self._target(t) for t in targets]
-            lr = self.opt.lr
-            self.opt.zero_grad()
-            for part in micro_batches(len(images), self.micro_batches):  # gradient accumulation
-                check_injected_oom(len(images[part]))
-                share = len(images[part]) / len(images)
-                try:
-                    with torch.autocast("cuda", enabled=self.use_amp):
-                        loss_dict = self.model(images[part], targets[part])
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as exc:
-                    # Exploded weights often break box decoding/matching before a loss exists.
-                    if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-                        raise NonFiniteLossError(
-                            f"epoch {epoch}, step {step}/{n_steps}: model weights are NaN/inf "
-                            f"(forward failed: {exc})"
-                        ) from exc
-                    raise
-                loss = sum(loss_dict.values())
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
-                    raise NonFiniteLossError(
-                        f"epoch {epoch}, step {step}/{n_steps}: non-finite training loss {value} ({parts})"
-                    )
-                self.opt.backward(loss * share)
-                total += value * share
-                for k, v in loss_dict.items():
-                    terms[k] = terms.get(k, 0.0) + float(v.detach()) * share
-            self.opt.update()
-            n_images += len(images)
-        elapsed = time.perf_counter() - start
-        steps = max(1, n_steps)
-        metrics = {"train/loss": total / steps, "train/lr": lr, "train/images_per_s": n_images / max(elapsed, 1e-9)}
-        metrics.update({f"train/loss_{k.removeprefix('loss_')}": v / steps for k, v in terms.items()})
-        return metrics
+        self.train_ds.set_epoch(epoch, train.epochs)
+        set_loader_epoch(self.train_loader, seed=train.seed, epoch=epoch)
+        # in train mode a torchvision detector is its own loss function: (images, targets) -> loss dict
+        return run_epoch(self.model, self.train_loader, self.model, self.opt, epoch=epoch, prepare=self._to_device,
+                         micro=train.micro_batches, amp=self.use_amp)
+
+    def _to_device(self, batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> tuple[list, list]:
+        """One loader batch as the detector trains on it: images and targets on the device."""
+        images, targets = batch
+        return [im.to(self.device, non_blocking=True) for im in images], [self._target(t) for t in targets]
 
     def _target(self, t: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """What the detector trains on; `weights` (per box, by its size bucket) when the size
         weights are not all 1."""
         out = {"boxes": t["boxes"].to(self.device, non_blocking=True), "labels": t["labels"].to(self.device, non_blocking=True)}
-        weights = self.loss_cfg.get("size_weights") or {}
+        weights = self.cfg.loss.size_weights.model_dump()
         if any(float(w) != 1.0 for w in weights.values()):
-            thresholds = self.loss_cfg.get("size_thresholds") or (32.0, 96.0)
-            out["weights"] = size_bucket_weights(t["sizes"], thresholds, weights).to(self.device)
+            out["weights"] = size_bucket_weights(t["sizes"], self.cfg.loss.size_thresholds, weights).to(self.device)
         return out
 
     # ---------------------------------------------------------------- evaluation
@@ -201,14 +157,15 @@ class DetectionTask:
         coordinates) so :meth:`_coco_results` can apply NMS at each grid IoU exactly as the
         detector's postprocessing would have: score filter, NMS per class, top ``max_dets``.
         """
-        thresholds = [self.post["score_thresh"], *self.grid.get("post.score_thresh", [])]
-        max_dets = [self.post["max_dets"], *self.grid.get("post.max_dets", [])]
+        post = self.cfg.post
+        thresholds = [post.score_thresh, *self.grid.get("post.score_thresh", [])]
+        max_dets = [post.max_dets, *self.grid.get("post.max_dets", [])]
         nms_grid = "post.nms_iou" in self.grid
         self.model.eval()
         set_resolution(self.model, self.eval_resolution)
         set_postprocess(self.model, score_thresh=min(thresholds),
                         max_dets=NMS_GRID_CANDIDATES if nms_grid else max(max_dets),
-                        nms_iou=1.0 if nms_grid else self.post["nms_iou"])
+                        nms_iou=1.0 if nms_grid else post.nms_iou)
         out = []
         try:
             for images, targets in self.val_loader:
@@ -228,8 +185,7 @@ class DetectionTask:
                         item["model_boxes"] = model_boxes
                     out.append(item)
         finally:
-            set_postprocess(self.model, score_thresh=self.post["score_thresh"], max_dets=self.post["max_dets"],
-                            nms_iou=self.post["nms_iou"])
+            set_postprocess(self.model, score_thresh=post.score_thresh, max_dets=post.max_dets, nms_iou=post.nms_iou)
         return out
 
     @staticmethod
@@ -264,8 +220,7 @@ class DetectionTask:
         """COCO metrics on the validation split; see the module docstring for the eval grid."""
         preds = self.predict()
         cache: dict[tuple[float, int, float], dict[str, float]] = {}
-        area_ranges = self.eval_cfg.get("area_ranges") or None
-        backend = self.eval_cfg.get("backend", "faster_coco_eval")
+        area_ranges, backend = self.cfg.eval.area_ranges or None, self.cfg.eval.backend
 
         def score(point: Mapping[str, Any]) -> dict[str, float]:
             key = (float(point["post.score_thresh"]), int(point["post.max_dets"]), float(point["post.nms_iou"]))
@@ -274,22 +229,20 @@ class DetectionTask:
                                            backend=backend)
             return cache[key]
 
-        objective = self.objective.removeprefix("val/")
-        defaults = {"post.score_thresh": self.post["score_thresh"], "post.max_dets": self.post["max_dets"],
-                    "post.nms_iou": self.post["nms_iou"]}
-        metrics = best_over_grid(self.grid, defaults, score, objective)
-        if self.artifacts_dir:
+        post, objective = self.cfg.post, self.cfg.objective
+        defaults = {f"post.{k}": getattr(post, k) for k in ("score_thresh", "max_dets", "nms_iou")}
+        metrics = best_over_grid(self.grid, defaults, score, objective.metric.removeprefix("val/"), objective.mode)
+        if self.cfg.artifacts_dir:
             self._write_confusion(preds)
         return metrics
 
     def _write_confusion(self, preds: list[dict[str, Any]]) -> None:
         """The confusion matrix (background included) at eval.confusion_iou / confusion_score,
         with the `post` NMS and max_dets, written as JSON and PNG into the artifacts directory."""
-        iou = float(self.eval_cfg.get("confusion_iou", 0.5))
-        score_thresh = float(self.eval_cfg.get("confusion_score", 0.3))
-        results = self._coco_results(preds, -1.0, self.post["max_dets"], self.post["nms_iou"])
+        iou, score_thresh = self.cfg.eval.confusion_iou, self.cfg.eval.confusion_score
+        results = self._coco_results(preds, -1.0, self.cfg.post.max_dets, self.cfg.post.nms_iou)
         matrix, names = confusion_from_coco(self.val_gt, results, iou=iou, score=score_thresh)
-        write_confusion(matrix, names, Path(self.artifacts_dir), iou=iou, score=score_thresh)
+        write_confusion(matrix, names, Path(self.cfg.artifacts_dir), iou=iou, score=score_thresh)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:

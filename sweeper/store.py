@@ -1,0 +1,225 @@
+"""The MLflow store: a sweep's experiment, its launches' parent runs, and the readers behind
+`sweeper leaderboard` and `sweeper report`.
+
+One experiment per sweep, a parent run per launch, one child run per trial (written by
+`sweeper.tracking`, the Tune callback). This module needs MLflow alone: reading a leaderboard
+never imports Ray or Optuna.
+
+Tags (all under `sweeper.`): kind (sweep|trial), task, trial_id, status (running|finished|stopped|
+failed|diverged), stopped_at_epoch, error, objective, mode, searched (JSON list), config_hash.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeper.config import REDACTED, Sweep, redact
+from sweeper.registry import TaskSpec, all_specs, get_spec
+from sweeper.results import BEST_OBJECTIVE, EPOCH
+
+_BAD_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def metric_key(name: str) -> str:
+    """MLflow allows only `/\\w.- :` in names; anything else becomes `_`."""
+    return _BAD_CHARS.sub("_", name)
+
+
+def client(uri: str):  # noqa: ANN201 - mlflow.MlflowClient, imported lazily
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def artifact_root(uri: str, name: str) -> str | None:
+    """Keep a sqlite store's artifacts beside the database, whatever the working directory."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+    return None
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_root(uri, name))
+
+
+def start_sweep_run(sweep: Sweep, config_hash: str, experiment_id: str | None = None) -> str:
+    """Create the parent run of one launch (in `experiment_id` if the caller has it); returns its id."""
+    uri = sweep.spec.tracking.uri
+    exp_id = experiment_id or get_or_create_experiment(uri, sweep.name)
+    c = client(uri)
+    abl = sweep.spec.ablation
+    run = c.create_run(exp_id, run_name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
+        "sweeper.kind": "sweep",
+        "sweeper.task": sweep.spec.task,
+        "sweeper.objective": sweep.spec.objective.metric,
+        "sweeper.mode": sweep.spec.objective.mode,
+        "sweeper.objectives": json.dumps([o.model_dump() for o in sweep.objectives or [sweep.spec.objective]]),
+        "sweeper.searched": json.dumps(list(abl.factors) if abl else [d.key for d in sweep.dimensions]),
+        "sweeper.study": "ablation" if abl else "search",
+        **({"sweeper.ablation": json.dumps({"factors": abl.factors, "seeds": abl.seed_values,
+                                            "seed_key": sweep.seed_key, "full_factorial": abl.full_factorial,
+                                            "variants": [name for name, _ in sweep.variants]}, default=str)}
+           if abl else {}),
+        "sweeper.max_t": str(sweep.max_t),
+        "sweeper.config_hash": config_hash,
+        "sweeper.sweep_file": str(sweep.file),
+    })
+    c.log_text(run.info.run_id, _sweep_text(sweep), "sweep.yaml")
+    c.log_dict(run.info.run_id, redact(sweep.raw), "sweep.resolved.json")
+    return run.info.run_id
+
+
+def _sweep_text(sweep: Sweep) -> str:
+    """The sweep file as written, unless it holds secret-looking keys: then re-dumped, redacted."""
+    text = sweep.file.read_text()
+    doc = yaml.safe_load(text)
+    if redact(doc) == doc:
+        return text
+    return f"# {sweep.file}, with the values of secret-looking keys replaced by {REDACTED}\n" + \
+        yaml.safe_dump(redact(doc), sort_keys=False)
+
+
+def reopen_sweep_run(uri: str, run_id: str) -> None:
+    """Mark a launch's parent run as running again when the sweep is continued."""
+    c = client(uri)
+    c.update_run(run_id, status="RUNNING")
+    c.set_tag(run_id, "sweeper.status", "running")
+
+
+def finish_sweep_run(uri: str, run_id: str, best: dict[str, Any] | None, status: str) -> None:
+    """Record the best trial on the parent run and close it (FINISHED or KILLED when interrupted)."""
+    from mlflow.entities import Metric, RunTag
+
+    c = client(uri)
+    tags, metrics = [RunTag("sweeper.status", status.lower())], []
+    if best:
+        tags += [RunTag("sweeper.best_trial", best["trial_id"]), RunTag("sweeper.best_run_id", best["run_id"])]
+        metrics.append(Metric("best_objective", float(best["value"]), int(time.time() * 1000), 0))
+    c.log_batch(run_id, metrics=metrics, tags=tags)
+    c.set_terminated(run_id, status)
+
+
+# --------------------------------------------------------------------------- leaderboard
+def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bool = False) -> dict[str, Any]:
+    """Trials of a sweep's latest launch (or all), sorted by the objective's best value."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        known = [e.name for e in c.search_experiments()]
+        raise LookupError(f"no sweep named {name!r} in {uri}; known: {', '.join(known) or 'none'}")
+    parents = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'sweep'",
+                            order_by=["attributes.start_time DESC"])
+    if not parents:
+        raise LookupError(f"experiment {name!r} in {uri} holds no sweeper launch")
+    parent = parents[0]
+    objective, mode = parent.data.tags["sweeper.objective"], parent.data.tags["sweeper.mode"]
+    tasks = _tasks_of(parent.data.tags.get("sweeper.task"))
+    hidden = tuple(p for t in tasks for p in t.detail_prefixes)
+    columns = list(dict.fromkeys(c for t in tasks for c in t.leaderboard_columns))
+    searched = json.loads(parent.data.tags.get("sweeper.searched", "[]"))
+    secondary = [o["metric"] for o in json.loads(parent.data.tags.get("sweeper.objectives", "[]"))[1:]]
+    filt = "tags.`sweeper.kind` = 'trial'"
+    if not all_launches:
+        filt += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    runs = c.search_runs([exp.experiment_id], filt, max_results=50000)
+    rows = []
+    for run in runs:
+        m, t, p = run.data.metrics, run.data.tags, run.data.params
+        rows.append({
+            "trial": t.get("sweeper.trial_id"), "status": t.get("sweeper.status"),
+            **({"variant": t.get("sweeper.variant"), "seed": t.get("sweeper.seed")} if "sweeper.variant" in t else {}),
+            "epoch": int(m[EPOCH]) if EPOCH in m else None,
+            objective: m.get(BEST_OBJECTIVE),
+            **{k: p.get(k) for k in searched},
+            **{k: m[k] for k in sorted(m) if k not in (EPOCH, BEST_OBJECTIVE, objective)
+               and (k in columns or not k.startswith(hidden))},
+            **{k: m.get(k) for k in secondary},  # the other objectives of a multi-objective search
+            "final": m.get(objective),  # at the last epoch: what an ablation compares
+            "error": t.get("sweeper.error"), "run_id": run.info.run_id,
+        })
+    sign = -1 if mode == "max" else 1
+    rows.sort(key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
+    study = parent.data.tags.get("sweeper.study", "search")
+    ablation = json.loads(parent.data.tags["sweeper.ablation"]) if "sweeper.ablation" in parent.data.tags else None
+    return {"name": name, "objective": objective, "mode": mode, "secondary": secondary, "searched": searched,
+            "columns": columns,
+            "study": study,
+            "ablation": ablation,
+            "parent_run_id": parent.info.run_id, "rows": rows[:top] if top else rows}
+
+
+def _tasks_of(name: str | None) -> list[TaskSpec]:
+    """The task a launch ran (its parent run's tag); every known task for launches recorded
+    before the tag existed, or of a task this installation does not know."""
+    try:
+        return [get_spec(name)] if name else all_specs()
+    except LookupError:
+        return all_specs()
+
+
+def report_data(uri: str, name: str, progress: Any = lambda msg: None) -> dict[str, Any]:
+    """Everything `sweeper report` draws, read from MLflow (the latest launch of `name`):
+    per trial its status, variant/seed, searched values, last-epoch metrics, best objective and
+    the objective's history per epoch."""
+    board = leaderboard(uri, name)
+    c = client(uri)
+    parent = c.get_run(board["parent_run_id"])
+    objective, mode = board["objective"], board["mode"]
+    trials = []
+    rows = board["rows"]
+    for i, row in enumerate(rows, 1):
+        progress(f"reading trial {i}/{len(rows)} from MLflow")
+        run = c.get_run(row["run_id"])
+        objectives = json.loads(parent.data.tags.get("sweeper.objectives", "null")) or [{"metric": objective}]
+        history = {o["metric"]: sorted([int(m.step), float(m.value)] for m in
+                                       c.get_metric_history(row["run_id"], o["metric"])) for o in objectives}
+        params = {}
+        for key in board["searched"]:
+            if key in run.data.params:
+                params[key] = _typed(run.data.params[key])
+        trials.append({
+            "trial": row["trial"], "status": row["status"], "variant": row.get("variant"),
+            "seed": int(row["seed"]) if row.get("seed") is not None else None,
+            "params": params, "final": dict(run.data.metrics), "best": row[objective],
+            "history": history,
+            "stopped_at": int(run.data.tags["sweeper.stopped_at_epoch"]) if "sweeper.stopped_at_epoch" in run.data.tags else None,
+            "error": row.get("error"),
+        })
+    ablation = board.get("ablation")
+    return {
+        "name": name, "kind": board.get("study", "search"),
+        "objectives": json.loads(parent.data.tags.get("sweeper.objectives", "null"))
+        or [{"metric": objective, "mode": mode}],
+        "searched": [] if ablation else board["searched"],
+        "baseline": "baseline" if ablation else None,
+        "factors": ablation["factors"] if ablation else None,
+        "max_t": int(parent.data.tags.get("sweeper.max_t", 0)) or None,
+        "parent_run_id": board["parent_run_id"],
+        "trials": trials,
+    }
+
+
+def _typed(text: str) -> Any:
+    """MLflow keeps params as strings; the report wants numbers back where they were numbers."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def log_report(uri: str, parent_run_id: str, out_dir: Path) -> None:
+    """The report's files as artifacts of the sweep's parent run (`report/`)."""
+    client(uri).log_artifacts(parent_run_id, str(out_dir), "report")

@@ -1,0 +1,28 @@
+"""The noop task's declaration (pydantic only; the task is `sweeper.tasks.noop`)."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from sweeper.registry import Strict, TaskSpec, TrainBase
+
+
+class NoopTrain(TrainBase):
+    epochs: int = Field(1, ge=1, description="epochs (reports) per trial")
+    sleep_s: float = Field(0.0, ge=0, description="seconds each epoch pretends to train")
+    seed: int = Field(0, description="unused: the objective is deterministic")
+
+
+class NoopBase(Strict):
+    x: float = Field(0.5, description="a parameter to search; the score peaks at x = 0.3")
+    y: float = Field(0.5, description="a parameter to search; the score peaks at y = 0.7")
+    train: NoopTrain = NoopTrain()
+
+
+SPEC = TaskSpec(
+    name="noop",
+    base=NoopBase,
+    entry="sweeper.tasks.noop:NoopTask",
+    description="trains nothing: a known objective of x and y, for load tests and driver benchmarks",
+    metrics=("score", "train/loss"),
+    leaderboard_columns=("train/loss",),
+)
