@@ -213,10 +213,12 @@ def launch(
 
 def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, continue_cmd: str) -> None:
     from sweeper import runner, tasks
+    from sweeper.checkpoints import resolve_checkpoint_refs
 
     try:
         tasks.prepare_data(sweep)
         check_paths(sweep)  # the data now exists (generated if the sweep asks): check it
+        sweep = resolve_checkpoint_refs(sweep)  # `NAME:best` -> the checkpoint file, before any trial
         outcome = runner.launch(sweep, address=address, fresh=fresh, preflight=lambda: tasks.check_sweep(sweep))
     except SweepConfigError as exc:
         _fail(exc)
@@ -270,10 +272,12 @@ def validate(
     """Check a sweep file (schema, search space, objective, data paths, backbone names)."""
     sweep = _load(sweep_file, set_, check_data=False)
     from sweeper import tasks
+    from sweeper.checkpoints import resolve_checkpoint_refs
 
     try:
         check_paths(sweep)  # a dataset `data.synth` generates on first launch may not exist yet
         tasks.check_sweep(sweep)
+        resolve_checkpoint_refs(sweep)  # `NAME:best`: that sweep exists, ran this task, has a checkpoint
     except SweepConfigError as exc:
         _fail(exc)
     what = (f"{len(sweep.variants)} variants x {len(sweep.spec.ablation.seed_values)} seeds" if sweep.spec.ablation

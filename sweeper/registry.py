@@ -82,6 +82,7 @@ class TaskSpec:
     synthesize: str | None = None  # "module:function(out, *, images, size, seed) -> info" for `data synth`
     backbone_keys: tuple[str, ...] = ()  # keys naming timm backbones (checked against timm before dispatch)
     path_keys: tuple[str, ...] = ()  # `base` keys holding file paths (made absolute, checked to exist)
+    checkpoint_keys: tuple[str, ...] = ()  # keys starting the model from a file or `SWEEP_NAME:best`
     open_keys: bool = False  # `base` is the script's own (command): any key, any metric
 
     def load_task(self) -> type:

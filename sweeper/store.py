@@ -152,7 +152,8 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
     rows.sort(key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
     study = parent.data.tags.get("sweeper.study", "search")
     ablation = json.loads(parent.data.tags["sweeper.ablation"]) if "sweeper.ablation" in parent.data.tags else None
-    return {"name": name, "objective": objective, "mode": mode, "secondary": secondary, "searched": searched,
+    return {"name": name, "task": parent.data.tags.get("sweeper.task"), "objective": objective, "mode": mode,
+            "secondary": secondary, "searched": searched,
             "columns": columns,
             "study": study,
             "ablation": ablation,

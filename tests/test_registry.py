@@ -76,7 +76,7 @@ def _task_words() -> set[str]:
     words: set[str] = set()
     for spec in all_specs():
         words |= {spec.name, *spec.metrics, *spec.metric_prefixes, *spec.eval_grid_keys, *spec.data_formats,
-                  *spec.backbone_keys, *spec.path_keys}
+                  *spec.backbone_keys, *spec.path_keys, *spec.checkpoint_keys}
     # every trainable task's loss is the trainable's own contract; a top-level sweep key (the
     # `command` section) is the sweep file's, whatever task shares its name
     return words - {"train/loss"} - set(SweepFile.model_fields)

@@ -206,6 +206,10 @@ def resolve_tracking_uri(uri: str, cwd: Path) -> str:
     return uri
 
 
+#: `SWEEP_NAME:best` in a checkpoint key: resolved by the driver (sweeper.checkpoints), not a path
+CHECKPOINT_REF = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*):best")
+
+
 def _task_spec(file: Path, name: Any, field: str) -> TaskSpec:
     """The registered task a sweep names; a built-in task must be trainable (TrainBase keys)."""
     names = task_names()
@@ -312,9 +316,9 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
         update["command"] = _resolve_command(file, spec.command, cwd)
     if spec.data is not None:
         update["data"] = _resolve_data(file, spec, cwd)
-    for key in task.path_keys:
+    for key in (*task.path_keys, *task.checkpoint_keys):
         value = get_or_none(base, key)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and not CHECKPOINT_REF.fullmatch(value):
             set_dotted(base, key, _resolve_path(value, cwd, file, f"base.{key}"))
     spec = spec.model_copy(update=update)
     raw = copy.deepcopy(doc)
@@ -343,9 +347,9 @@ def check_paths(sweep: Sweep) -> None:
                                        "data.images=...), make synthetic data there (sweeper data synth "
                                        f"--task {spec.task} --out DIR), or add `data: {{synth: {{}}}}` "
                                        "to generate it on first launch")
-    for key in sweep.task.path_keys:
+    for key in (*sweep.task.path_keys, *sweep.task.checkpoint_keys):
         value = get_or_none(sweep.base, key)
-        if isinstance(value, str) and value and not Path(value).is_file():
+        if isinstance(value, str) and value and not CHECKPOINT_REF.fullmatch(value) and not Path(value).is_file():
             raise SweepConfigError(file, f"base.{key}", f"{value} not found")
 
 

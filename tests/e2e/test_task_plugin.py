@@ -32,13 +32,18 @@ class TinyTrain(TrainBase):
 
 class TinyBase(Strict):
     w0: float = Field(2.0, description="starting value")
+    init_from: str | None = Field(None, description="a trial checkpoint to start w from")
     train: TinyTrain = TinyTrain()
 
 
 class TinyTask:
     def __init__(self, config, device="cpu"):
         self.w, self.lr = config.w0, config.train.lr
-        self.runtime = {"device": device, "steps": config.train.batch_size}
+        self.runtime = {"device": device, "steps": config.train.batch_size, "init_from": config.init_from}
+        if config.init_from:
+            import torch
+
+            self.w = float(torch.load(config.init_from, weights_only=True)["task"]["w"])
 
     def train_one_epoch(self, epoch):
         self.w -= self.lr * 2 * (self.w - 0.25)
@@ -55,7 +60,8 @@ class TinyTask:
 
 
 SPEC = TaskSpec(name="tiny", base=TinyBase, entry="tinytask:TinyTask", description="fits w",
-                metrics=("closeness", "train/loss"), leaderboard_columns=("train/loss",))
+                metrics=("closeness", "train/loss"), leaderboard_columns=("train/loss",),
+                checkpoint_keys=("init_from",))
 '''
 
 SWEEP = """
@@ -112,3 +118,31 @@ def test_a_task_declared_outside_sweeper_validates_dry_runs_and_launches(tmp_pat
 
     res = run_sweeper(["leaderboard", "tiny-sweep"], tmp_path, env=env)
     assert res.returncode == 0 and "closeness" in res.stdout and "train/loss" in res.stdout
+
+
+def test_init_from_an_earlier_sweeps_best_checkpoint(tmp_path: Path) -> None:
+    """`init_from: NAME:best` starts every trial from the best checkpoint of sweep NAME (same
+    store, same storage); a sweep that does not exist is refused before anything runs."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "tinytask.py").write_text(textwrap.dedent(TASK_MODULE))
+    env = sweeper_env(SWEEPER_TASKS="tiny=tinytask:SPEC",
+                      PYTHONPATH=os.pathsep.join([str(tmp_path / "plugins"), os.environ.get("PYTHONPATH", "")]))
+    (tmp_path / "tiny.yaml").write_text(SWEEP)
+    run_sweeper(["launch", "tiny.yaml"], tmp_path, env=env, check=True)
+    (tmp_path / "again.yaml").write_text(SWEEP.replace("name: tiny-sweep", "name: again")
+                                         .replace("train: {epochs: 2}", "train: {epochs: 1}\n  init_from: tiny-sweep:best"))
+    res = run_sweeper(["validate", "again.yaml", "--set", "init_from=nosuch:best"], tmp_path, env=env)
+    assert res.returncode == 2 and "base.init_from: nosuch:best: no sweep named 'nosuch'" in res.stderr
+    run_sweeper(["launch", "again.yaml"], tmp_path, env=env, check=True)
+
+    c = mlflow_client(tmp_path)
+    (first,) = trial_runs(c, "tiny-sweep")
+    (second,) = trial_runs(c, "again")
+    lr_a, lr_b = float(first.data.params["train.lr"]), float(second.data.params["train.lr"])
+    w = 2.0
+    for _ in range(2):  # the first sweep's best (and only) checkpoint: its last epoch
+        w -= lr_a * 2 * (w - 0.25)
+    w -= lr_b * 2 * (w - 0.25)  # one epoch on from there
+    assert second.data.metrics["closeness"] == pytest.approx(1.0 / (1.0 + abs(w - 0.25)))
+    logged = json.loads(Path(c.download_artifacts(second.info.run_id, "trial_config.json", str(tmp_path))).read_text())
+    assert logged["init_from"].endswith("trial_state.pt") and "/tiny-sweep/trial_" in logged["init_from"]

@@ -96,4 +96,5 @@ SPEC = TaskSpec(
     synthesize="sweeper.tasks.dbnet.synth:make_synthetic_receipts",
     backbone_keys=("model.backbone",),
     path_keys=("model.weights",),
+    checkpoint_keys=("model.init_from",),
 )

@@ -178,4 +178,5 @@ SPEC = TaskSpec(
     synthesize="sweeper.tasks.detection.synth:make_synthetic_coco",
     backbone_keys=("model.backbone",),
     path_keys=("model.weights",),
+    checkpoint_keys=("model.init_from",),
 )
