@@ -94,7 +94,7 @@ def _best_in_trial(trial_dir: Path, objective: str, mode: str) -> Path | None:
 
 def resolve_checkpoint_refs(sweep: Sweep) -> Sweep:
     """`sweep` with every `NAME:best` in the task's checkpoint keys (in `base`, ablation factors and
-    searched choices) replaced by the checkpoint's path; the same sweep if it has none."""
+    named variants, searched choices) replaced by the checkpoint's path; the same sweep if it has none."""
     keys = sweep.task.checkpoint_keys
     if not keys:
         return sweep
@@ -112,11 +112,13 @@ def resolve_checkpoint_refs(sweep: Sweep) -> Sweep:
         value = get_or_none(base, key)
         if is_ref(value):
             set_dotted(base, key, resolve(value, f"base.{key}"))
-    spec = sweep.spec
-    if spec.ablation is not None and any(k in spec.ablation.factors for k in keys):
+    spec, abl = sweep.spec, sweep.spec.ablation
+    if abl is not None:
         factors = {k: [resolve(v, f"ablation.factors.{k}") if k in keys else v for v in values]
-                   for k, values in spec.ablation.factors.items()}
-        spec = spec.model_copy(update={"ablation": spec.ablation.model_copy(update={"factors": factors})})
+                   for k, values in abl.factors.items()}
+        variants = {name: {k: resolve(v, f"ablation.variants.{name}.{k}") if k in keys else v
+                           for k, v in changes.items()} for name, changes in abl.variants.items()}
+        spec = spec.model_copy(update={"ablation": abl.model_copy(update={"factors": factors, "variants": variants})})
     dims = [replace(d, values=tuple(resolve(v, f"search.{d.key}") for v in d.values))
             if d.key in keys and d.is_categorical else d for d in sweep.dimensions]
     if not cache:

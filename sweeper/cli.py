@@ -6,6 +6,7 @@
     sweeper eval --task detection --gt GT.json --pred PRED.json [--area-range tiny=0,16] [--backend B]
     sweeper tasks
     sweeper report NAME [--out DIR]
+    sweeper ui [NAME] [--port 5000] [--open]
     sweeper resume RUN_DIR_OR_NAME
     sweeper data synth --task detection --out DIR [--images N --size S --seed K]
     sweeper data stats DATASET [--thresholds 32,96] [--plot sizes.png] [--format table|json]
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeper.cluster import cluster_app
-from sweeper.config import Sweep, SweepConfigError, check_paths, load_sweep
+from sweeper.config import Sweep, SweepConfigError, check_paths, load_sweep, redact_uri
 from sweeper.registry import TASKS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -99,7 +100,7 @@ def _plan_table(sweep: Sweep) -> str:
 
     flat = flatten(sweep.base)
     for d in sweep.dimensions:
-        t.add_row(d.key, d.describe(), str(flat.get(d.key)))
+        t.add_row(d.key, d.describe(), str(sweep.baseline_value(d.key)))
     for key, values in spec.eval_grid.items():
         t.add_row(key, f"eval_grid {values} (one forward pass)", str(flat.get(key)))
     if not sweep.dimensions and not spec.eval_grid:
@@ -120,14 +121,25 @@ def _plan_table(sweep: Sweep) -> str:
     sched = spec.scheduler
     max_t = sweep.max_t
     trials = sweep.num_trials
-    if sched.name == "asha":
+    unit = spec.command.time_unit if spec.command is not None else "epoch"  # what ASHA and max_t count
+    if sched.name == "asha" and unit == "step":
+        # a script on steps reports every so many steps: a rung judges its first report at or after it
+        marks, k = [], 0
+        while (mark := sched.grace_period * sched.reduction_factor ** k) < max_t:
+            marks.append(f"{mark:g}")
+            k += 1
+        plan = (f"ASHA on `step`: rungs at steps [{', '.join(marks)}], each judging a trial's first report at or "
+                f"after it (keep top 1/{sched.reduction_factor:g}), max_t {max_t} steps")
+    elif sched.name == "asha":
         from sweeper.rungs import asha_rungs
 
         rungs = asha_rungs(sched.grace_period, sched.reduction_factor, max_t)
         plan = (f"ASHA on `epoch`: rungs at epochs {rungs or [max_t]} (keep top 1/{sched.reduction_factor:g}), "
                 f"max_t {max_t}")
+    elif spec.command is not None and not (sched.max_t or spec.command.epochs):
+        plan = "FIFO: every trial runs until its script ends"
     else:
-        plan = f"FIFO: every trial runs {max_t} epochs"
+        plan = f"FIFO: every trial runs {max_t} {unit}s"
     cpus = os.cpu_count() or 1
     conc = spec.budget.max_concurrent or max(1, min(trials, int(cpus // spec.resources.cpu)))
     if spec.ablation is not None:
@@ -137,12 +149,23 @@ def _plan_table(sweep: Sweep) -> str:
         c.print(f"search: {spec.search_alg.name}" + (f" ({spec.search_alg.sampler})" if spec.search_alg.name == "optuna" else "")
                 + f", seed {spec.search_alg.seed}; objective: {_objectives(sweep)}")
     c.print(f"scheduler: {plan}")
-    c.print(f"budget: {trials} trials, at most {trials * max_t} trial-epochs"
-            + (f" (ASHA stops most trials at {sched.grace_period} epochs)" if sched.name == "asha" else "")
+    es = spec.early_stopping
+    if es is not None:
+        c.print(f"early stopping: a trial ends after {es.patience} evaluations in a row that do not improve its "
+                f"best {spec.objective.metric} by more than {es.min_delta:g} ({spec.objective.mode}); recorded as "
+                "finished (stop_reason patience, Optuna COMPLETE with its best), its best checkpoint kept"
+                + (", with ASHA stopping weak trials first" if sched.name == "asha" else ""))
+    else:
+        c.print("early stopping: none (early_stopping: {patience: N} ends trials that stop improving)")
+    c.print(f"budget: {trials} trials, at most {trials * max_t} trial-{unit}s"
+            + (f" (ASHA stops most trials at {sched.grace_period} {unit}s)" if sched.name == "asha" else "")
             + f"; {conc} at once (local machine: {cpus} CPUs), {spec.budget.max_failures} retries per trial")
     c.print(f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU")
-    c.print(f"storage: {sweep.experiment_dir}\ntracking: {spec.tracking.uri}")
+    c.print(f"storage: {redact_uri(sweep.experiment_dir)}\ntracking: {redact_uri(spec.tracking.uri)}")
     if spec.command is not None:
+        keys = [spec.command.time_key] if isinstance(spec.command.time_key, str) else spec.command.time_key
+        c.print(f"time: {unit}s (command.time_key), read from each record's {' or '.join(f'`{k}`' for k in keys)}",
+                highlight=False, markup=False)
         _print_commands(c, sweep)
     return out.getvalue()
 
@@ -164,7 +187,7 @@ def _print_ablation(c: Console, sweep: Sweep, flat: dict[str, Any]) -> None:
     t.add_column("changed keys (baseline value -> variant value)")
     t.add_column("seeds")
     for name, changes in sweep.variants:
-        changed = "; ".join(f"{k}: {flat.get(k)} -> {v}" for k, v in changes.items()) or "none (the baseline)"
+        changed = "; ".join(f"{k}: {sweep.baseline_value(k)} -> {v}" for k, v in changes.items()) or "none (the baseline)"
         t.add_row(name, changed, seeds)
     c.print(t)
 
@@ -219,6 +242,7 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
         tasks.prepare_data(sweep)
         check_paths(sweep)  # the data now exists (generated if the sweep asks): check it
         sweep = resolve_checkpoint_refs(sweep)  # `NAME:best` -> the checkpoint file, before any trial
+        _check_tracking(sweep)
         outcome = runner.launch(sweep, address=address, fresh=fresh, preflight=lambda: tasks.check_sweep(sweep))
     except SweepConfigError as exc:
         _fail(exc)
@@ -235,7 +259,16 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/]: to continue: {continue_cmd}", highlight=False)
         raise typer.Exit(130)
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {sweep.spec.tracking.uri}", highlight=False)
+    console.print(_ui_hint(outcome.name, sweep.spec.tracking.uri), highlight=False)
+
+
+def _check_tracking(sweep: Sweep) -> None:
+    """A tracking server that does not answer is a user error now, not minutes of retries later."""
+    from sweeper.store import unreachable
+
+    problem = unreachable(sweep.spec.tracking.uri)
+    if problem:
+        raise SweepConfigError(sweep.file, "tracking.uri", problem)
 
 
 @app.command()
@@ -250,7 +283,7 @@ def resume(
 
     try:
         exp_dir, state = runner.find_experiment(run)
-    except LookupError as exc:
+    except (LookupError, SweepConfigError) as exc:
         _fail(exc)
     sweep_file = Path(state["sweep_file"])
     if not sweep_file.is_file():
@@ -278,6 +311,7 @@ def validate(
         check_paths(sweep)  # a dataset `data.synth` generates on first launch may not exist yet
         tasks.check_sweep(sweep)
         resolve_checkpoint_refs(sweep)  # `NAME:best`: that sweep exists, ran this task, has a checkpoint
+        _check_tracking(sweep)
     except SweepConfigError as exc:
         _fail(exc)
     what = (f"{len(sweep.variants)} variants x {len(sweep.spec.ablation.seed_values)} seeds" if sweep.spec.ablation
@@ -409,6 +443,74 @@ def report(
     store.log_report(uri, data["parent_run_id"], out_dir)
     console.print(f"wrote {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures); "
                   f"also logged to MLflow run {data['parent_run_id']} under report/", highlight=False)
+
+
+@app.command()
+def ui(
+    name: Optional[str] = typer.Argument(None, help="Sweep name (the MLflow experiment); default: the sweep "
+                                         "launched last."),
+    port: int = typer.Option(5000, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; 0.0.0.0 exposes the UI "
+                             "(and the store) to your network."),
+    tracking_uri: str = typer.Option(DEFAULT_TRACKING, "--tracking-uri", help="MLflow store."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the leaderboard in a browser."),
+) -> None:
+    """MLflow's UI over the sweep's store, opened on its leaderboard: the latest launch's trials
+    best first, with the searched values, objective, status, stop reason and epoch as columns.
+    Runs until Ctrl-C."""
+    from sweeper import ui as mlflow_ui
+    from sweeper.config import redact_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    server = mlflow_ui.is_server(uri)  # a tracking server serves its own UI: point at it
+    base = redact_uri(uri).rstrip("/") if server else mlflow_ui.server_url(host, port)
+    try:
+        mlflow_ui.check_store(uri)
+        if not server:
+            mlflow_ui.check_port(host, port)  # before anything is started or written
+        target = mlflow_ui.mark(uri, name, base)
+    except (LookupError, OSError) as exc:
+        _fail(exc)
+
+    def ready() -> None:
+        console.print(f"MLflow UI for sweep {target.name} ({target.trials} trials of its latest launch, best "
+                      f"first):\n{target.url}" + ("" if server else "\nCtrl-C to stop."), highlight=False)
+        if open_browser:
+            import webbrowser
+
+            if not webbrowser.open(target.url):
+                err_console.print("no browser to open here: open the URL above", highlight=False)
+
+    if server:
+        ready()
+        return
+    err_console.print(f"[dim]starting MLflow's UI over {redact_uri(uri)} on {base} ...[/]", highlight=False)
+    try:
+        code = mlflow_ui.serve(uri, host, port, on_ready=ready)
+    except RuntimeError as exc:
+        _fail(exc)
+    if code:
+        _fail(RuntimeError(f"the MLflow server exited with code {code}"))
+
+
+def _ui_hint(name: str, uri: str) -> str:
+    """The end of a launch: the command that serves the sweep's leaderboard in MLflow's UI, and
+    the URL it serves."""
+    from sweeper import store
+    from sweeper import ui as mlflow_ui
+    from sweeper.config import redact_uri, resolve_tracking_uri
+
+    server = mlflow_ui.is_server(uri)
+    base = redact_uri(uri).rstrip("/") if server else mlflow_ui.server_url()
+    try:
+        exp = store.client(uri).get_experiment_by_name(name)
+    except Exception:  # noqa: BLE001 - a hint must not fail a finished launch
+        exp = None
+    url = mlflow_ui.leaderboard_url(base, exp.experiment_id) if exp else base
+    if server:
+        return f"MLflow UI: {url}"
+    return f"MLflow UI: {mlflow_ui.ui_command(name, uri, resolve_tracking_uri(DEFAULT_TRACKING, Path.cwd()))}" \
+        f"  (serves {url})"
 
 
 # --------------------------------------------------------------------------- eval, data

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import stats
+from sweeper.spaces import FOLD_KEY, without_factor
 
 ALPHA = 0.05
 TOP_N = 10
@@ -667,15 +668,24 @@ def write_report(
 
 
 def group_rows(board: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[str], str]:
-    """Leaderboard rows grouped by `key` (`variant`, or a searched key): mean ± 95% CI of the
-    objective at each trial's last epoch over finished trials; for an ablation's variants also
-    the difference to the baseline, its p (paired t by seed, else Welch; Holm-corrected)."""
+    """Leaderboard rows grouped by `key` (`variant`, a searched key, or any `data.*` key): mean ± 95%
+    CI of the objective at each trial's last epoch over finished trials; for an ablation's variants
+    also the difference to the baseline, its p (paired t by seed, else Welch; Holm-corrected).
+
+    When the held-out fold (`data.fold`) is an ablation factor, folds are where a recipe is
+    measured, not recipes: `--group variant` pools each variant over its folds (its name without
+    the `data.fold=N` part; n = folds x seeds) and pairs results by (seed, fold), and `--group KEY`
+    for a factor KEY (`data.fold`) gives one row per variant and value: per fold, per recipe."""
     objective, mode = board["objective"], board["mode"]
     done = [r for r in board["rows"] if r["status"] == "finished" and r.get("final") is not None]
+    ablation = board.get("ablation") or {}
+    factors = ablation.get("factors") or {}
     if key == "variant" and board.get("ablation"):
-        groups: dict[str, dict[int, float]] = {}
+        groups: dict[str, dict[Any, float]] = {}
         for r in done:
-            groups.setdefault(r["variant"], {})[int(r["seed"])] = r["final"]
+            name, fold = without_factor(r["variant"], FOLD_KEY, factors.get(FOLD_KEY, []))
+            unit = int(r["seed"]) if FOLD_KEY not in factors else f"seed {r['seed']}, fold {_fold_of(r, fold)}"
+            groups.setdefault(name, {})[unit] = r["final"]
         if "baseline" not in groups:
             raise LookupError("no finished baseline trial yet: nothing to compare the variants with")
         out = []
@@ -685,10 +695,26 @@ def group_rows(board: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], l
                         "± 95% CI": half, "Δ vs baseline": row["diff"] if row["variant"] != "baseline" else None,
                         "p (Holm)": row["p_holm"], "test": row["test"],
                         "significant": ("yes" if row["significant"] else "no") if row["variant"] != "baseline" else ""})
-        return out, list(out[0]), f"{board['name']}: {objective} at the last epoch, per variant"
+        pooled = ", pooled over folds (paired by seed and fold)" if FOLD_KEY in factors else ""
+        return out, list(out[0]), f"{board['name']}: {objective} at the last epoch, per variant{pooled}"
     if not any(key in r for r in board["rows"]):
         raise LookupError(f"--group {key}: trials have no {key!r}; group by variant (ablations) or one of "
                           f"{', '.join(board['searched']) or 'the searched keys'}")
+    if board.get("ablation") and key in factors:  # per variant and value: e.g. each recipe on each fold
+        cells: dict[tuple[str, str], list[float]] = {}
+        for r in done:
+            name, value = without_factor(r["variant"], key, factors[key])
+            cells.setdefault((name, _text(r.get(key) if value is None else value)), []).append(r["final"])
+        order = {name: i for i, name in enumerate(dict.fromkeys(
+            without_factor(v, key, factors[key])[0] for v in ablation.get("variants", [])))}
+        out = []
+        for (name, value), finals in sorted(cells.items(), key=lambda c: (order.get(c[0][0], len(order)),
+                                                                          _sortable(c[0][1]))):
+            s = stats.summarize(finals)
+            out.append({"variant": name, key: value, "n": s.n, f"{objective} mean": s.mean,
+                        "± 95% CI": (s.ci_high - s.ci_low) / 2})
+        return (out, ["variant", key, "n", f"{objective} mean", "± 95% CI"],
+                f"{board['name']}: {objective} at the last epoch, per variant and {key}")
     values: dict[Any, list[float]] = {}
     for r in done:
         values.setdefault(r.get(key), []).append(r["final"])
@@ -698,3 +724,21 @@ def group_rows(board: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], l
         out.append({key: value, "n": s.n, f"{objective} mean": s.mean, "± 95% CI": (s.ci_high - s.ci_low) / 2})
     out.sort(key=lambda r: r[f"{objective} mean"], reverse=mode == "max")
     return out, [key, "n", f"{objective} mean", "± 95% CI"], f"{board['name']}: {objective} at the last epoch, per {key}"
+
+
+def _fold_of(row: dict[str, Any], from_name: Any) -> str:
+    """A trial's held-out fold: the one its variant's name says, else its logged `data.fold` (the baseline's)."""
+    return _text(row.get(FOLD_KEY) if from_name is None else from_name)
+
+
+def _text(value: Any) -> str:
+    """A grouped value as MLflow holds params: text (`0`, not `0` and `'0'` apart)."""
+    return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _sortable(value: str) -> tuple[int, float, str]:
+    """Numbers in numeric order, before any text."""
+    try:
+        return 0, float(value), value
+    except ValueError:
+        return 1, 0.0, value

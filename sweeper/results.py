@@ -1,7 +1,7 @@
 """What a trial reports, beside its task's metrics: the keys the trainable writes and the
 searcher, the scheduler and tracking read. One module, so the protocol is declared once.
 
-    tune.report({**metrics, EPOCH: 3, EPOCHS_TOTAL: 12, BEST_OBJECTIVE: 0.41})
+    tune.report({**metrics, EPOCH: 3, EPOCHS_TOTAL: 12, BEST_OBJECTIVE: 0.41, BEST_EPOCH: 2})
 
 Standard library only: the trainable (Ray), the searcher (Optuna) and the MLflow readers import it.
 """
@@ -11,10 +11,24 @@ from typing import Any
 
 #: the trial's epoch, 1-based: ASHA's time attribute and the MLflow step
 EPOCH = "epoch"
-#: the epochs the trial was planned to train, so "finished" can be told from "stopped early"
+#: instead of EPOCH, for a command trial on steps (`command.time_key: step`): the script's step
+STEP = "step"
+#: the trial's planned length in its time unit (epochs, or steps), so "finished" can be told from
+#: "stopped early"
 EPOCHS_TOTAL = "epochs_total"
 #: the best objective value the trial has reached so far (what the leaderboard sorts by)
 BEST_OBJECTIVE = "best_objective"
+#: the epoch (or step) at which the trial reached BEST_OBJECTIVE: its best checkpoint
+BEST_EPOCH = "best_epoch"
+#: why a trial ended before its planned length, in the result that ended it (absent otherwise):
+#: PATIENCE and SCRIPT come from the trainable, ASHA from the scheduler (`PersistentASHA`)
+STOP_REASON = "stop_reason"
+#: the stop reasons, as MLflow's `sweeper.stop_reason` tag shows them. COMPLETED: it ran its
+#: planned length; PATIENCE: `early_stopping` ended it (it converged); ASHA: the scheduler
+#: stopped it (pruned); SCRIPT: a command trial's script exited 0 before its planned length
+COMPLETED, PATIENCE, ASHA, SCRIPT = "completed", "patience", "asha", "script"
+#: the reasons under which a trial ended by itself: it counts as finished (statistics, Optuna COMPLETE)
+SELF_STOPS = frozenset({COMPLETED, PATIENCE, SCRIPT})
 #: how often the out-of-memory fallback retried, and the micro-batches it trains with now
 OOM_RETRIES = "oom_retries"
 MICRO_BATCHES = "train/micro_batches"
@@ -28,17 +42,34 @@ class NonFiniteLossError(RuntimeError):
     and tracking records it as `diverged` (a property of the configuration, not a crash)."""
 
 
-def stopped_early(result: dict[str, Any] | None, max_t: int) -> bool:
-    """A trial that ended (no error) before its planned epochs and before `max_t` was stopped.
+def time_attr(command: Any) -> str:
+    """The result key a sweep's trials count time in (ASHA's `time_attr`, the MLflow step): EPOCH,
+    or STEP for a command trial with `command.time_key: step` (`command` is the sweep's
+    CommandConfig, or None for a built-in task)."""
+    return STEP if command is not None and command.time_unit == "step" else EPOCH
+
+
+def stopped_early(result: dict[str, Any] | None, max_t: int, time_key: str = EPOCH) -> bool:
+    """A trial that ended (no error) before its planned length and before `max_t`.
 
     Ray marks the last result `done` both when a trial returns and when a scheduler stops it,
-    so the epoch count is what tells them apart.
+    so the epoch (or step) count is what tells them apart; `stop_reason` says why.
     """
     if not result:
         return False
-    epoch = result.get(EPOCH)
+    epoch = result.get(time_key)
     planned = min(result.get(EPOCHS_TOTAL) or max_t, max_t)
     return epoch is not None and epoch < planned
+
+
+def stop_reason(result: dict[str, Any] | None, max_t: int, time_key: str = EPOCH) -> str | None:
+    """Why a trial that ended without an error ended: the reason its last result carries
+    (PATIENCE, SCRIPT, or ASHA as the scheduler marked it), else COMPLETED when it reached its
+    planned length; None when it ended early for no reason it recorded (the sweep itself stopped
+    it: `budget.max_failed_trials`, a shutdown)."""
+    if result and result.get(STOP_REASON):
+        return str(result[STOP_REASON])
+    return None if stopped_early(result, max_t, time_key) else COMPLETED
 
 
 def is_divergence(error: BaseException | None) -> bool:

@@ -116,13 +116,30 @@ def _read_state(experiment: str | Path) -> dict[str, Any] | None:
     local = _local_dir(str(experiment))
     if local is not None:
         path = local / STATE_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _parse_state(path.read_bytes(), str(path)) if path.is_file() else None
     fs, path = _filesystem(str(experiment))
     try:
         with fs.open_input_stream(f"{path}/{STATE_FILE}") as fh:
-            return json.loads(fh.read())
+            return _parse_state(fh.read(), f"{experiment}/{STATE_FILE}")
     except FileNotFoundError:
         return None
+
+
+def _parse_state(data: bytes, where: str) -> dict[str, Any]:
+    """`sweeper.json` as launch wrote it; a damaged one is a SweepConfigError naming the file (the
+    CLI prints it without a traceback and exits 2)."""
+    from sweeper.config import SweepConfigError
+
+    try:
+        state = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SweepConfigError(where, None, f"damaged ({exc}); it records which sweep file and MLflow run the "
+                               "experiment belongs to: restore it from a backup, or start over with "
+                               "`sweeper launch SWEEP_FILE --fresh` (the old experiment is moved aside)") from None
+    if not isinstance(state, dict) or "parent_run_id" not in state:
+        raise SweepConfigError(where, None, "not a sweeper state file (no parent_run_id); restore it or launch "
+                               "with --fresh")
+    return state
 
 
 def _write_state(experiment: str, state: dict[str, Any]) -> None:
@@ -215,9 +232,10 @@ def _init_ray(address: str | None, sweep: Sweep) -> bool:
         ray.init(address=address, log_to_driver=True)
         return True
     # A local Ray sized to this machine; the dashboard is not needed to run a sweep.
-    # address="local": always a fresh local instance, never a stale cluster left in ray_current_cluster
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}})
+    # address="local": always a fresh local instance, never a stale cluster left in ray_current_cluster.
+    # Workers inherit this environment as it is (HF_HUB_OFFLINE included: whether trials may
+    # download pretrained weights is the user's choice, checked by tasks.check_sweep).
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
     return True
 
 
@@ -280,6 +298,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     from ray.tune.schedulers import FIFOScheduler
 
     from sweeper import store, tracking
+    from sweeper.results import time_attr
     from sweeper.scheduler import PersistentASHA
     from sweeper.search import build_searcher
     from sweeper.trainable import run_trial
@@ -335,7 +354,8 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
         budget = spec.budget.max_failed_trials
         failure_budget = _failure_budget_class()(budget) if budget is not None else None
-        scheduler = (PersistentASHA(time_attr="epoch", max_t=sweep.max_t,
+        # ASHA counts what the trials report as their time: epochs, or a command trial's steps
+        scheduler = (PersistentASHA(time_attr=time_attr(spec.command), max_t=sweep.max_t,
                                     grace_period=spec.scheduler.grace_period,
                                     reduction_factor=spec.scheduler.reduction_factor,
                                     brackets=spec.scheduler.brackets,

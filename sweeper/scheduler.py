@@ -8,6 +8,10 @@ and reads them back when Tune unpickles it on `Tuner.restore`.
 
     ASHA(time_attr="epoch", max_t=12, grace_period=1, reduction_factor=3, state_path="runs/x/asha_rungs.json")
 
+It also says which trials it stopped: a trial it cuts at a rung ends with `stop_reason: asha` in
+its last result (`sweeper.results`), which is how the searcher (PRUNED) and MLflow
+(`sweeper.stop_reason`) tell an ASHA stop from a trial that ended itself (patience, its script).
+
 `sweeper.rungs.asha_rungs` says, without starting anything, at which epochs that ASHA judges a
 trial (the dry-run plan and the benchmarks print it).
 """
@@ -18,7 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from sweeper.results import ASHA, STOP_REASON
 
 
 class PersistentASHA(ASHAScheduler):
@@ -27,6 +33,7 @@ class PersistentASHA(ASHAScheduler):
     def __init__(self, *args: Any, state_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.state_path = state_path
+        self._cut: set[str] = set()  # trials stopped at a rung, until Tune completes them
 
     def rung_state(self) -> dict[str, Any]:
         """Per bracket, per rung: milestone and {trial_id: signed objective}; plus the stop count."""
@@ -62,14 +69,27 @@ class PersistentASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:  # noqa: ANN001
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
+        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+            # cut at a rung (reaching max_t is the end of the trial's budget, not a cut); a trial
+            # that ended itself in this very result keeps its own reason
+            if not result.get(STOP_REASON):
+                self._cut.add(trial.trial_id)
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:  # noqa: ANN001
         super().on_trial_complete(tune_controller, trial, result)
         self._save()
+        if trial.trial_id in self._cut:
+            # Tune hands the scheduler, the searcher and the callbacks copies of the trial's last
+            # result, made one after the other from `trial.last_result`, this one first: marking the
+            # original here is what the searcher and MLflow then read
+            self._cut.discard(trial.trial_id)
+            if trial.last_result is not None and not trial.last_result.get(STOP_REASON):
+                trial.last_result[STOP_REASON] = ASHA
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_cut", set())  # pickled before it existed
         path = state.get("state_path")
         if path and Path(path).is_file():  # Tune unpickles the scheduler on restore: bring the rungs back
             self.load_rung_state(json.loads(Path(path).read_text()))

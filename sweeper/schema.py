@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sweeper.registry import Strict
 
@@ -22,15 +22,44 @@ class SynthData(Strict):
     seed: int = Field(0, description="generator seed")
 
 
+class Folds(Strict):
+    """How `data.train` is split for cross-validation: k seeded folds, or the user's own files."""
+
+    k: int | None = Field(None, ge=2, le=1000, description="folds (count): data.train split by image into k "
+                          "folds, a pure function of the image file names and `seed`")
+    seed: int = Field(0, description="seed of the k-fold split: the same split for every trial and resume")
+    files: list[str] | None = Field(None, description="your own split instead of k: one file per fold naming its "
+                                    "images (COCO/UFO JSON, ICDAR-2015 gt folder, or one file name per line)")
+
+    @model_validator(mode="after")
+    def _k_or_files(self) -> Folds:
+        if (self.k is None) == (self.files is None):
+            raise ValueError("give either k (split data.train into k folds) or files (one file per fold)")
+        if self.files is not None and (len(self.files) < 2 or len(set(self.files)) != len(self.files)):
+            raise ValueError("files: at least 2 distinct files, one per fold")
+        return self
+
+    @property
+    def count(self) -> int:
+        """The number of folds."""
+        return self.k if self.k is not None else len(self.files or ())
+
+
 class DataConfig(Strict):
     format: str | None = Field(None, description="the annotation format, one of the task's (`sweeper tasks` "
                                "lists them); default: the task's first")
     train: str = Field(description="training annotations: a COCO/UFO JSON file or an ICDAR-2015 gt folder")
-    val: str = Field(description="validation annotations, like `train`")
+    val: str | None = Field(None, description="validation annotations, like `train`; required unless every trial "
+                            "holds out a fold (`fold`), which then replaces it")
     images: str = Field(description="directory the annotation file names are relative to")
     synth: SynthData | None = Field(None, description="generate synthetic data here if missing")
+    folds: Folds | None = Field(None, description="split `train` into folds for cross-validation")
+    fold: int | None = Field(None, ge=0, description="the held-out fold (index, 0..k-1): train on the other folds "
+                             "of `train`, validate on this one instead of `val`; needs `folds`")
 
 
+#: the most trials one sweep may ask for (`budget.num_samples`, a grid's passes): more is a typo
+MAX_TRIALS = 100_000
 METRIC_SOURCE = re.compile(r"stdout|(csv|jsonl):.+")
 
 
@@ -45,13 +74,18 @@ class CommandConfig(Strict):
     checkpoint_dir_env: str | None = Field(
         "SWEEPER_CHECKPOINT_DIR", description="env var naming the directory the script saves to and "
         "resumes from; persisted as the trial checkpoint")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
-    epochs: int | None = Field(None, ge=1, description="epochs the script trains; default scheduler.max_t")
-    epoch_key: str | list[str] = Field("epoch", description="record key holding the epoch; a list is "
-                                       "tried in order (MMEngine: [epoch, step])")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables (names: letters, "
+                                "digits and '_', not starting with a digit)")
+    epochs: int | None = Field(None, ge=1, description="epochs the script trains (time_key: epoch); default "
+                               "scheduler.max_t")
+    time_key: str | list[str] = Field(
+        "epoch", description="the record key holding the trial's time, which is also its unit: `epoch` or "
+        "`step` (ASHA's grace_period and max_t count in it); a list is tried in order per record, its first "
+        "entry the unit (MMEngine by epoch: [epoch, step])")
     first_epoch: Literal[0, 1] | None = Field(
         None, description="the number the script gives its first epoch; default: 0 if it reports an epoch 0")
-    stop_grace_s: float = Field(10, ge=0, description="seconds between SIGTERM and SIGKILL when a trial is stopped")
+    stop_grace_s: float = Field(10, ge=0, le=3600, allow_inf_nan=False,
+                                description="seconds between SIGTERM and SIGKILL when a trial is stopped (at most 3600)")
 
     @field_validator("metrics")
     @classmethod
@@ -60,6 +94,30 @@ class CommandConfig(Strict):
             raise ValueError("use stdout, csv:PATH or jsonl:PATH")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_epoch_key(cls, data: Any) -> Any:
+        """`epoch_key` (before time_key existed) keeps loading: it was the same list of record keys."""
+        if isinstance(data, dict) and "epoch_key" in data and "time_key" not in data:  # both: checks refuses
+            data = {("time_key" if k == "epoch_key" else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("time_key")
+    @classmethod
+    def _time_key(cls, v: str | list[str]) -> str | list[str]:
+        keys = [v] if isinstance(v, str) else v
+        if not keys or keys[0] not in ("epoch", "step"):
+            raise ValueError("use epoch or step, or a list of record keys starting with one of them "
+                             "(MMEngine by epoch: [epoch, step])")
+        if len(set(keys)) != len(keys) or not all(keys):
+            raise ValueError("list each record key once")
+        return v
+
+    @property
+    def time_unit(self) -> str:
+        """`epoch` or `step`: what ASHA, `scheduler.max_t` and the MLflow step count."""
+        return self.time_key if isinstance(self.time_key, str) else self.time_key[0]
+
     @field_validator("checkpoint_dir_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
@@ -67,9 +125,21 @@ class CommandConfig(Strict):
             raise ValueError("must be an environment variable name")
         return v
 
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in v if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an environment variable name (letters, digits, '_')")
+        return v
+
 
 class Ablation(Strict):
-    factors: dict[str, list[Any]] = Field(description="dotted key -> values, each run against the baseline (`base`)")
+    factors: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values, each run "
+                                          "against the baseline (`base`)")
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> {dotted key: value}: "
+                                                "keys changed together (recipe A vs B), run against the baseline "
+                                                "like a factor's value")
     seeds: int | list[int] = Field(3, description="every variant runs with these seeds (N = 0..N-1)")
     seed_key: str | None = Field(None, description="the key a seed sets; default train.seed (command: seed)")
     full_factorial: bool = Field(False, description="all combinations instead of one factor at a time")
@@ -101,14 +171,17 @@ class SearchAlg(Strict):
 
 class Scheduler(Strict):
     name: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
-    reduction_factor: float = Field(3, gt=1, description="keep 1/reduction_factor at each rung")
-    max_t: int | None = Field(None, ge=1, description="epochs; default train.epochs")
+    grace_period: int = Field(1, ge=1, description="epochs (command.time_key: step: steps) every trial runs "
+                              "before it may be stopped")
+    reduction_factor: float = Field(3, gt=1, allow_inf_nan=False, description="keep 1/reduction_factor at each rung")
+    max_t: int | None = Field(None, ge=1, description="epochs (command.time_key: step: steps), the last rung; "
+                              "default train.epochs (command: command.epochs)")
     brackets: int = Field(1, ge=1, description="ASHA brackets")
 
 
 class Budget(Strict):
-    num_samples: int = Field(8, ge=1, description="trials to run (grid: passes over the grid)")
+    num_samples: int = Field(8, ge=1, le=MAX_TRIALS, description="trials to run (grid: passes over the grid); at "
+                             "most 100000")
     max_concurrent: int | None = Field(None, ge=1, description="trials at once; default what fits")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial, from its checkpoint")
     oom_retries: int = Field(3, ge=0, description="after a CUDA out-of-memory error, retry the trial from its "
@@ -118,8 +191,10 @@ class Budget(Strict):
 
 
 class Resources(Strict):
-    cpu: float = Field(1, gt=0, description="CPUs per trial (also its torch threads)")
-    gpu: float = Field(0, ge=0, description="GPUs per trial; fractions share a GPU")
+    cpu: float = Field(1, ge=0.0001, le=1_000_000, allow_inf_nan=False,
+                       description="CPUs per trial (also its torch threads); Ray schedules multiples of 0.0001")
+    gpu: float = Field(0, ge=0, le=1_000_000, allow_inf_nan=False,
+                       description="GPUs per trial; fractions share a GPU")
 
     @field_validator("gpu")
     @classmethod
@@ -135,12 +210,20 @@ class CheckpointPolicy(Strict):
     keep: int = Field(3, ge=3, description="checkpoints kept per trial (the best by the objective)")
 
 
+class EarlyStopping(Strict):
+    patience: int = Field(ge=1, description="evaluations in a row (one per epoch; a command trial's: one per "
+                          "report of the objective) without an improvement after which a trial ends")
+    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False, description="the least gain over the trial's "
+                             "best, in the objective's own units and direction, that counts as an improvement")
+
+
 class Tracking(Strict):
     uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI")
 
 
 class SweepFile(Strict):
-    name: str = Field(description="sweep name: MLflow experiment and Ray experiment directory")
+    name: str = Field(max_length=200, description="sweep name: MLflow experiment and Ray experiment directory "
+                      "(at most 200 characters: it names directories)")
     task: str = Field(description="registered task")
     data: DataConfig | None = Field(None, description="dataset (built-in tasks)")
     command: CommandConfig | None = Field(None, description="the training command (task: command)")
@@ -157,6 +240,8 @@ class SweepFile(Strict):
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
     checkpoint: CheckpointPolicy = CheckpointPolicy()
+    early_stopping: EarlyStopping | None = Field(None, description="end a trial once its objective stops improving "
+                                                 "(patience, min_delta); none by default")
     storage: str = Field("runs", description="Ray results root (local path or URI)")
 
     @field_validator("name")

@@ -106,6 +106,8 @@ def parse_space(key: str, spec: Any) -> Dimension:
     step = _number(args[2], f"{kind} step") if len(args) == 3 else None
     if low >= high:
         raise SpaceError(f"{kind} needs low < high, got low={low!r} high={high!r}")
+    if not math.isfinite(float(high) - float(low)):  # a sampler draws low + u * (high - low)
+        raise SpaceError(f"{kind} range [{low}, {high}] is wider than a float can hold; narrow it")
     if kind == "loguniform" and low <= 0:
         raise SpaceError(f"loguniform needs low > 0 (a log scale), got low={low!r}")
     if kind == "randint":
@@ -203,22 +205,32 @@ def _fmt(value: Any) -> str:
 
 
 def ablation_variants(factors: dict[str, list[Any]], base_values: dict[str, Any],
-                      full_factorial: bool = False) -> list[tuple[str, dict[str, Any]]]:
+                      full_factorial: bool = False,
+                      named: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(name, changes) per variant, baseline first. One factor at a time: each value of each
-    factor alone against `base`; full factorial: every combination of base and factor values.
-    A variant's changes are exactly the keys it names, so it differs from the baseline in them only."""
+    factor alone against `base`, then each named variant (`ablation.variants`: keys changed
+    together) alone; full factorial: every combination of base and factor values, each with the
+    baseline or one named variant (named variants are the values of one more factor, so two of
+    them never combine). A variant's changes are exactly the keys it names, so it differs from
+    the baseline in them only."""
+    named = named or {}
     variants: list[tuple[str, dict[str, Any]]] = [(BASELINE, {})]
     if not full_factorial:
         for key, values in factors.items():
             for value in values:
                 variants.append((f"{key}={_fmt(value)}", {key: value}))
+        variants += [(name, dict(changes)) for name, changes in named.items()]
         return variants
     keys = list(factors)
     options = [[(False, base_values.get(k))] + [(True, v) for v in factors[k]] for k in keys]
-    for combo in itertools.product(*options):
-        changes = {k: v for k, (changed, v) in zip(keys, combo) if changed}
-        if changes:
-            variants.append((",".join(f"{k}={_fmt(v)}" for k, v in changes.items()), changes))
+    for recipe in [None, *named]:
+        for combo in itertools.product(*options):
+            changes = {k: v for k, (changed, v) in zip(keys, combo) if changed}
+            parts = [f"{k}={_fmt(v)}" for k, v in changes.items()]
+            if recipe is not None:
+                changes, parts = {**named[recipe], **changes}, [recipe, *parts]
+            if changes:
+                variants.append((",".join(parts), changes))
     return variants
 
 
@@ -227,3 +239,21 @@ def ablation_points(variants: list[tuple[str, dict[str, Any]]], seeds: list[int]
     """Every (variant, seed) trial, seed-major: the first results already cover every variant."""
     return [{"variant": name, "seed": seed, "params": {**changes, seed_key: seed}}
             for seed in seeds for name, changes in variants]
+
+
+#: the key of the held-out fold (`data.fold`): as an ablation factor, a unit results pair by
+FOLD_KEY = "data.fold"
+
+
+def without_factor(variant: str, key: str, values: list[Any]) -> tuple[str, Any]:
+    """(the variant's name without `key`'s part, the value that part named, or None): an ablation
+    whose factor is `key` = data.fold, read as one variant per recipe over every fold."""
+    if variant == BASELINE:
+        return variant, None
+    parts = variant.split(",")
+    for value in values:
+        part = f"{key}={_fmt(value)}"
+        if part in parts:
+            rest = [p for p in parts if p != part]
+            return (",".join(rest) or BASELINE), value
+    return variant, None

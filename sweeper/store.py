@@ -36,6 +36,30 @@ def client(uri: str):  # noqa: ANN201 - mlflow.MlflowClient, imported lazily
     return MlflowClient(tracking_uri=uri)
 
 
+def unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the tracking server at `uri` cannot be used, within `timeout_s`; None if it answers (or
+    the store is a database). MLflow's own client retries a dead server for minutes: this asks its
+    `/health` once, before any run is created."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    from sweeper.config import redact_uri
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            if response.status < 400:
+                return None
+            why = f"it answered /health with HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        why = f"it answered /health with HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        why = f"{getattr(exc, 'reason', exc)} (waited at most {timeout_s:g} s)"
+    return (f"the MLflow tracking server {redact_uri(uri)} cannot be reached: {why}; start it "
+            "(mlflow server --host 127.0.0.1 --port PORT --workers 1) or fix tracking.uri")
+
+
 def artifact_root(uri: str, name: str) -> str | None:
     """Keep a sqlite store's artifacts beside the database, whatever the working directory."""
     if uri.startswith("sqlite:///"):
@@ -65,9 +89,9 @@ def start_sweep_run(sweep: Sweep, config_hash: str, experiment_id: str | None = 
         "sweeper.objective": sweep.spec.objective.metric,
         "sweeper.mode": sweep.spec.objective.mode,
         "sweeper.objectives": json.dumps([o.model_dump() for o in sweep.objectives or [sweep.spec.objective]]),
-        "sweeper.searched": json.dumps(list(abl.factors) if abl else [d.key for d in sweep.dimensions]),
+        "sweeper.searched": json.dumps(ablated_keys(sweep) if abl else [d.key for d in sweep.dimensions]),
         "sweeper.study": "ablation" if abl else "search",
-        **({"sweeper.ablation": json.dumps({"factors": abl.factors, "seeds": abl.seed_values,
+        **({"sweeper.ablation": json.dumps({"factors": abl.factors, "named": abl.variants, "seeds": abl.seed_values,
                                             "seed_key": sweep.seed_key, "full_factorial": abl.full_factorial,
                                             "variants": [name for name, _ in sweep.variants]}, default=str)}
            if abl else {}),
@@ -77,7 +101,17 @@ def start_sweep_run(sweep: Sweep, config_hash: str, experiment_id: str | None = 
     })
     c.log_text(run.info.run_id, _sweep_text(sweep), "sweep.yaml")
     c.log_dict(run.info.run_id, redact(sweep.raw), "sweep.resolved.json")
+    from sweeper import ui  # MLflow's UI opens the experiment on this launch's leaderboard (`sweeper ui`)
+
+    ui.tag_experiment(c, exp_id, run.info.run_id, run.data.tags)
     return run.info.run_id
+
+
+def ablated_keys(sweep: Sweep) -> list[str]:
+    """The keys an ablation varies: its factors', then its named variants' (each once)."""
+    abl = sweep.spec.ablation
+    assert abl is not None
+    return list(dict.fromkeys([*abl.factors, *(k for changes in abl.variants.values() for k in changes)]))
 
 
 def _sweep_text(sweep: Sweep) -> str:
@@ -142,6 +176,7 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
             "epoch": int(m[EPOCH]) if EPOCH in m else None,
             objective: m.get(BEST_OBJECTIVE),
             **{k: p.get(k) for k in searched},
+            **{k: v for k, v in p.items() if k.startswith("data.") and k not in searched},  # --group data.fold
             **{k: m[k] for k in sorted(m) if k not in (EPOCH, BEST_OBJECTIVE, objective)
                and (k in columns or not k.startswith(hidden))},
             **{k: m.get(k) for k in secondary},  # the other objectives of a multi-objective search

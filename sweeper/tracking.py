@@ -25,13 +25,23 @@ from typing import Any
 from ray.tune import Callback
 
 from sweeper.config import SECRET_NAME, Sweep, flatten, trial_params
-from sweeper.results import EPOCH, MICRO_BATCHES, OOM_RETRIES, TRIAL_CONFIG, is_divergence, stopped_early
+from sweeper.results import (
+    BEST_EPOCH,
+    COMPLETED,
+    MICRO_BATCHES,
+    OOM_RETRIES,
+    SELF_STOPS,
+    TRIAL_CONFIG,
+    is_divergence,
+    stop_reason,
+    time_attr,
+)
 from sweeper.store import client, get_or_create_experiment, metric_key
 
 #: Ray's bookkeeping keys that are not worth an MLflow metric.
 _RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
              "time_since_restore", "iterations_since_restore", "done", "epochs_total",
-             "checkpoint_dir_name", "should_checkpoint"}
+             "checkpoint_dir_name", "should_checkpoint", BEST_EPOCH}  # best_epoch: a tag, once
 
 
 #: failed MLflow writes printed as they happen; the rest are counted in the launch's summary
@@ -71,6 +81,7 @@ class MLflowTrialLogger(Callback):
         self.last_epoch: dict[str, int] = {}  # run_id -> last epoch logged
         self.logged_params: dict[str, set[str]] = {}  # run_id -> param keys it has
         self._client = None
+        self.time_key = time_attr(sweep.spec.command)  # the MLflow step: epoch, or a command trial's step
         # built by this launch, not restored by Tune: no trial can have a run yet, so new trials
         # skip the search by tag (a query per trial, which grows with the store)
         self._fresh = True
@@ -154,7 +165,7 @@ class MLflowTrialLogger(Callback):
             run_id = self._create_run(trial)
         else:
             metrics = self.c.get_run(run_id).data.metrics
-            self.last_epoch[run_id] = int(metrics.get(EPOCH, 0))
+            self.last_epoch[run_id] = int(metrics.get(self.time_key, 0))
             self.c.update_run(run_id, status="RUNNING")
             self.c.set_tag(run_id, "sweeper.status", "running")
         self.runs[trial.trial_id] = run_id
@@ -236,7 +247,7 @@ class MLflowTrialLogger(Callback):
         for result in record.results:
             if isinstance(result.get(TRIAL_CONFIG), str):
                 self._log_trial_config(run_id, result[TRIAL_CONFIG])
-            epoch = int(result.get(EPOCH, result.get("training_iteration", 0)))
+            epoch = int(result.get(self.time_key, result.get("training_iteration", 0)))
             if epoch <= last:
                 continue  # already logged before a restore
             last, now = epoch, int(time.time() * 1000)
@@ -248,10 +259,7 @@ class MLflowTrialLogger(Callback):
                          RunTag("sweeper.micro_batches", str(result.get(MICRO_BATCHES)))]
         kind, detail = record.end or (None, None)
         if kind == "complete":
-            if stopped_early(detail, self.sweep.max_t):
-                tags += [RunTag("sweeper.status", "stopped"), RunTag("sweeper.stopped_at_epoch", str(detail.get(EPOCH)))]
-            else:
-                tags += [RunTag("sweeper.status", "finished")]
+            tags += [RunTag(k, v) for k, v in end_tags(detail, self.sweep.max_t, self.time_key).items()]
         elif kind in ("error", "diverged"):
             tags += [RunTag("sweeper.status", "diverged" if kind == "diverged" else "failed"),
                      RunTag("sweeper.error", _last_line(detail)[:5000])]
@@ -308,6 +316,24 @@ class MLflowTrialLogger(Callback):
 
         self._submit("attaching the trials' files", attach_all)
         self.flush()
+
+
+def end_tags(result: dict[str, Any] | None, max_t: int, time_key: str) -> dict[str, str]:
+    """The tags of a trial that ended without an error, from its last result: `sweeper.status`
+    (`finished` when it ran its course or ended itself, `stopped` when ASHA or the sweep stopped
+    it), `sweeper.stop_reason` (`completed`, `patience`, `script`, `asha`; none when the sweep
+    stopped it), `sweeper.stopped_at_epoch` when it ended before its planned length (in steps for
+    a command trial on steps) and `sweeper.best_epoch` (where its best objective, and checkpoint, is)."""
+    result = result or {}
+    reason = stop_reason(result, max_t, time_key)
+    tags = {"sweeper.status": "finished" if reason in SELF_STOPS else "stopped"}
+    if reason is not None:
+        tags["sweeper.stop_reason"] = reason
+    if reason != COMPLETED and result.get(time_key) is not None:
+        tags["sweeper.stopped_at_epoch"] = str(result[time_key])
+    if result.get(BEST_EPOCH) is not None:
+        tags["sweeper.best_epoch"] = str(result[BEST_EPOCH])
+    return tags
 
 
 @dataclass

@@ -5,10 +5,14 @@ finished once, here, by `sweeper.config.build_trial`), restore it from `tune.get
 if Tune hands one back (a retry or a resumed sweep), then per epoch train, evaluate and
 `tune.report` the metrics, with a checkpoint when `checkpoint.min_interval_s` has passed since
 the last one and always at the trial's last epoch. Besides the task's metrics it reports the
-keys of `sweeper.results`: `epoch` (ASHA's time attribute), `epochs_total` (so callbacks can tell
-"finished" from "stopped early"), `best_objective`, and once per (re)start the effective config
-the trial trains with (`results.TRIAL_CONFIG`: resolved workers and micro-batches, device, AMP,
-library versions), which is what MLflow logs.
+keys of `sweeper.results`: `epoch` (ASHA's time attribute; `step` for a command trial on steps),
+`epochs_total` (so callbacks can tell "finished" from "stopped early"), `best_objective` and
+`best_epoch`, `stop_reason` when the trial ends itself early (`early_stopping`'s patience ran out,
+or a command trial's script exited before its planned length), and once per (re)start the
+effective config the trial trains with (`results.TRIAL_CONFIG`: resolved workers and
+micro-batches, device, AMP, library versions), which is what MLflow logs. With `early_stopping`,
+every new best is checkpointed too, whatever `checkpoint.min_interval_s` says, so the epoch a
+trial that stops by patience is judged by has its checkpoint.
 
     trainable = tune.with_parameters(run_trial, sweep=sweep)
 """
@@ -20,6 +24,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +82,53 @@ def _better(a: float, b: float | None, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
+@dataclass
+class Progress:
+    """A trial's best objective, where it was reached, and the patience counter of `early_stopping`.
+
+    The counter counts evaluations since the last one that beat the best by more than `min_delta`
+    (in the objective's direction); the trial ends once it reaches `patience`. `best` is the plain
+    best value (what the leaderboard shows), whether or not it beat the previous one by `min_delta`.
+    Saved with every trial checkpoint (`state`), so a resumed trial keeps counting where it was.
+    """
+
+    mode: str
+    patience: int | None = None
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, saved: dict[str, Any] | None = None) -> "Progress":
+        """Progress of a trial of `sweep`, restored from a checkpoint's `state()` if one is given."""
+        es = sweep.spec.early_stopping
+        saved = saved or {}
+        return cls(sweep.spec.objective.mode, es.patience if es else None, es.min_delta if es else 0.0,
+                   saved.get(results.BEST_OBJECTIVE), saved.get(results.BEST_EPOCH), int(saved.get("patience_wait", 0)))
+
+    def update(self, value: float | None, epoch: int) -> bool:
+        """Count one evaluation; True if `value` is a new best (the checkpoint to keep)."""
+        if value is None:
+            return False  # not an evaluation of the objective
+        fresh = self.best is None or (isinstance(self.best, float) and math.isnan(self.best))
+        gain = (value - self.best if self.mode == "max" else self.best - value) if not fresh else math.inf
+        self.wait = 0 if gain > self.min_delta else self.wait + 1  # NaN gains nothing
+        if not _better(value, self.best, self.mode):
+            return False
+        self.best, self.best_epoch = value, epoch
+        return True
+
+    @property
+    def exhausted(self) -> bool:
+        """Patience has run out: the objective has not improved for `patience` evaluations."""
+        return self.patience is not None and self.wait >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it (the keys `for_sweep` reads back)."""
+        return {results.BEST_OBJECTIVE: self.best, results.BEST_EPOCH: self.best_epoch, "patience_wait": self.wait}
+
+
 def _raise_if_worker_crash(exc: RuntimeError, during: str) -> None:
     """torch reports a dead DataLoader worker as a bare RuntimeError; the trial's error (MLflow,
     leaderboard) should say it was a data-loader worker crash and what to look at."""
@@ -102,7 +154,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     device = "cuda" if sweep.spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     # files a task writes at evaluation (confusion matrix), attached to the trial's MLflow run
     artifacts_dir = str(Path(tune.get_context().get_trial_dir()) / ARTIFACTS_DIR)
-    objective, mode = sweep.spec.objective.metric, sweep.spec.objective.mode
+    objective = sweep.spec.objective.metric
 
     saved: dict[str, Any] | None = None  # the last checkpoint's content: where a retry resumes
     checkpoint = tune.get_checkpoint()
@@ -120,17 +172,18 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     task_cls = sweep.task.load_task()
     pending_config: str | None = None  # reported with the next result, then logged by tracking
 
-    def build() -> tuple[Any, int, float | None]:
-        """The task, restored from `saved` if there is one; returns (task, first epoch, best)."""
+    def build() -> tuple[Any, int, Progress]:
+        """The task, restored from `saved` if there is one; returns (task, first epoch, progress)."""
         nonlocal pending_config
         task = task_cls(cfg, device=device)
         pending_config = effective_config(cfg, getattr(task, "runtime", {}))
         if saved is None:
-            return task, 1, None
+            return task, 1, Progress.for_sweep(sweep)
         restore_task(task, saved)
-        return task, int(saved["epoch"]) + 1, saved.get("best_objective")
+        return task, int(saved["epoch"]) + 1, Progress.for_sweep(sweep, saved)
 
-    task, epoch, best = build()
+    task, epoch, progress = build()
+    keep_best = sweep.spec.early_stopping is not None
     last_epoch = min(epochs, sweep.max_t)
     last_saved = time.monotonic()
     while epoch <= epochs:
@@ -150,7 +203,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
             gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
-            task, epoch, best = build()
+            task, epoch, progress = build()
             print(f"out of memory at a per-step batch of {-(-batch // micro)}: retrying from epoch {epoch} with "
                   f"{cfg.train.micro_batches} micro-batches (effective batch {batch} kept)", flush=True)
             continue
@@ -162,24 +215,27 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         except RuntimeError as exc:
             _raise_if_worker_crash(exc, f"evaluating epoch {epoch}")
             raise
-        value = metrics.get(objective)
-        if value is not None and _better(value, best, mode):
-            best = value
-        metrics.update({results.EPOCH: epoch, results.EPOCHS_TOTAL: epochs, results.BEST_OBJECTIVE: best,
-                        results.OOM_RETRIES: oom_retries, results.MICRO_BATCHES: cfg.train.micro_batches})
+        new_best = progress.update(metrics.get(objective), epoch)
+        metrics.update({results.EPOCH: epoch, results.EPOCHS_TOTAL: epochs, results.BEST_OBJECTIVE: progress.best,
+                        results.BEST_EPOCH: progress.best_epoch, results.OOM_RETRIES: oom_retries,
+                        results.MICRO_BATCHES: cfg.train.micro_batches})
+        patience_out = progress.exhausted and epoch < last_epoch
+        if patience_out:
+            metrics[results.STOP_REASON] = results.PATIENCE
         if pending_config is not None:
             metrics[results.TRIAL_CONFIG], pending_config = pending_config, None
         due = time.monotonic() - last_saved >= sweep.spec.checkpoint.min_interval_s
-        if not (due or epoch >= last_epoch):
+        if not (due or epoch >= last_epoch or (keep_best and new_best)):
             tune.report(metrics)
-            epoch += 1
-            continue
-        last_saved = time.monotonic()
-        saved = {"task": task.state_dict(), "task_name": sweep.spec.task, "source": STATE_FILE, "epoch": epoch,
-                 "best_objective": best, "oom_retries": oom_retries, "micro_batches": cfg.train.micro_batches}
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(saved, os.path.join(tmp, STATE_FILE))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            last_saved = time.monotonic()
+            saved = {"task": task.state_dict(), "task_name": sweep.spec.task, "source": STATE_FILE, "epoch": epoch,
+                     **progress.state(), "oom_retries": oom_retries, "micro_batches": cfg.train.micro_batches}
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(saved, os.path.join(tmp, STATE_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if patience_out:
+            return  # converged: its best epoch's checkpoint is kept (Tune scores them by the objective)
         epoch += 1
 
 
@@ -201,12 +257,16 @@ def effective_config(cfg: Any, runtime: dict[str, Any]) -> str:
 
 
 def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
-    """A `task: command` trial: the user's script in a subprocess, one `tune.report` per epoch.
+    """A `task: command` trial: the user's script in a subprocess, one `tune.report` per epoch
+    (or per step it reports, with `command.time_key: step`).
 
     The script's checkpoint directory (`command.checkpoint_dir_env`) is persisted with the
-    reports (same interval policy as built-in tasks) and put back in place when Tune restores
-    the trial, so a script that resumes from its own last checkpoint continues. If Tune stops
-    the trial (ASHA), `tune.report` raises SystemExit and the `finally` ends the process group.
+    reports (same interval policy as built-in tasks, plus every new best with `early_stopping`)
+    and put back in place when Tune restores the trial, so a script that resumes from its own
+    last checkpoint continues. If Tune stops the trial (ASHA), `tune.report` raises SystemExit
+    and the `finally` ends the process group; when patience runs out the loop ends and the same
+    `finally` does. A script that exits 0 before its planned length ended itself: its last
+    report says so (`stop_reason: script`), so it counts as finished, not as stopped by ASHA.
     """
     import ray
 
@@ -220,29 +280,47 @@ def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
     trial = CommandTrial(spec.command.model_dump(), params, trial_dir=trial_dir,
                          objective=spec.objective.metric, cpus=spec.resources.cpu, gpu_ids=gpu_ids)
     pending_config: str | None = json.dumps(redact({**params, "runtime": {"gpu_ids": gpu_ids}}), default=str)
-    objective, mode = spec.objective.metric, spec.objective.mode
-    best = None
+    objective, time_key = spec.objective.metric, results.time_attr(spec.command)
+    progress = Progress.for_sweep(sweep)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            best = trial.restore(Path(ckpt_dir)).get("best_objective")
+            progress = Progress.for_sweep(sweep, trial.restore(Path(ckpt_dir)))
     epochs_total = sweep.max_t
+    planned = spec.scheduler.max_t or spec.command.epochs  # None: the script alone knows its length
+    keep_best = spec.early_stopping is not None
     last_saved = time.monotonic()
+    last: dict[str, Any] | None = None  # the last report, if it gave no stop reason
     try:
         for epoch, metrics in trial.epochs():
-            value = metrics.get(objective)
-            if value is not None and _better(value, best, mode):
-                best = value
-            metrics.update({results.EPOCH: epoch, results.EPOCHS_TOTAL: epochs_total, results.BEST_OBJECTIVE: best})
+            new_best = progress.update(metrics.get(objective), epoch)
+            metrics.update({time_key: epoch, results.EPOCHS_TOTAL: epochs_total,
+                            results.BEST_OBJECTIVE: progress.best, results.BEST_EPOCH: progress.best_epoch})
+            reason = None
+            if progress.exhausted and (planned is None or epoch < planned):
+                reason = results.PATIENCE
+            elif trial.at_end and planned is not None and epoch < planned:
+                reason = results.SCRIPT
+            if reason:
+                metrics[results.STOP_REASON] = reason
             if pending_config is not None:
                 metrics[results.TRIAL_CONFIG], pending_config = pending_config, None
             due = time.monotonic() - last_saved >= spec.checkpoint.min_interval_s
-            if not (due or epoch >= epochs_total):
+            if not (due or epoch >= epochs_total or (keep_best and new_best)):
                 tune.report(metrics)
-                continue
-            last_saved = time.monotonic()
-            with tempfile.TemporaryDirectory() as tmp:
-                trial.snapshot(Path(tmp), {"epoch": epoch, "best_objective": best})
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            else:
+                last_saved = time.monotonic()
+                with tempfile.TemporaryDirectory() as tmp:
+                    trial.snapshot(Path(tmp), {"epoch": epoch, **progress.state()})
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            last = None if reason else metrics
+            if reason == results.PATIENCE:
+                break  # the `finally` stops the script
+        else:
+            if last is not None and planned is not None and last[time_key] < planned:
+                # the script exited 0 after its last report was already out (it was quiet for a while
+                # before it ended): say why it ended with a copy of that report, for the same epoch
+                last = {k: v for k, v in last.items() if k != results.TRIAL_CONFIG}
+                tune.report({**last, results.STOP_REASON: results.SCRIPT})
     finally:
         trial.stop()

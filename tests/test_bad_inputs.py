@@ -38,12 +38,18 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("valid_data")
     make_synthetic_coco(root / "coco", images=4, size=32, seed=0)
     make_synthetic_receipts(root / "receipts", images=4, size=64, seed=0)
+    other = json.loads((root / "coco" / "train.json").read_text())  # a data variant with another class
+    other["categories"][-1]["name"] = "other"
+    (root / "coco" / "other_categories.json").write_text(json.dumps(other))
     return root
 
 
 @pytest.fixture()
 def in_data_dir(pristine: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Also an offline, empty Hugging Face cache: whether timm's weights are there is a case."""
     monkeypatch.chdir(pristine)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(pristine / "empty-hf-hub"))
     return pristine
 
 
@@ -81,12 +87,21 @@ SWEEP_CASES = [
               ("train.batchsize:", "train.batch_size:")),
     SweepCase("unknown_task", "task", "unknown task 'detektion' (did you mean 'detection'?)",
               ("task: detektion", "task: detection")),
-    SweepCase("unknown_arch", "base.model.arch", "'retinanet' or 'fcos' (got 'yolov8')",
+    SweepCase("unknown_arch", "base.model.arch", "Input should be 'faster_rcnn', 'retinanet', 'fcos'",
               ("arch: yolov8", "arch: retinanet")),
     SweepCase("unknown_backbone", "base.model.backbone", "unknown timm model 'resnet_18'; did you mean: resnet18",
               ("resnet_18", "resnet18"), stage="validate"),
     SweepCase("dbnet_unknown_backbone", "base.model.backbone", "unknown timm model 'resnett18'; did you mean: resnet18",
               ("resnett18", "resnet18"), stage="validate"),
+    SweepCase("ablation_unknown_backbone", "ablation.factors.model.backbone",
+              "unknown timm model 'cspdarknet_53'; did you mean: cspdarknet53", ("cspdarknet_53", "cspdarknet53"),
+              stage="validate"),
+    SweepCase("pretrained_not_in_offline_cache", "search.model.backbone",
+              "timm's pretrained weights for 'resnet18' (timm/resnet18.a1_in1k) in the Hugging Face cache",
+              ("pretrained: true", "pretrained: false"), stage="validate"),
+    SweepCase("weights_dir_without_backbone", "base.model.backbone",
+              "holds no weights for backbone 'resnet18' (looked for resnet18)", (", weights: coco", ""),
+              stage="validate"),
     SweepCase("unknown_objective_metric", "objective.metric", "does not report 'mAP50' (did you mean 'map50'?)",
               ("mAP50", "map50")),
     SweepCase("bad_objective_mode", "objective.mode", "'max' or 'min' (got 'maximise')", ("maximise", "max")),
@@ -121,6 +136,14 @@ SWEEP_CASES = [
     SweepCase("command_without_overrides_placeholder", "command.run", "no {overrides} placeholder",
               ("run: python train.py", "run: python train.py {overrides}")),
     SweepCase("command_with_data", "data", "reads no `data`", ("data: {train: a, val: b, images: c}\n", "")),
+    SweepCase("fold_outside_range", "data.fold", "fold 2 is outside 0..1 (data.folds has 2 folds)",
+              ("fold: 2}", "fold: 1}")),
+    SweepCase("fold_without_folds", "data.fold", "a held-out fold needs data.folds", (", fold: 1}", "}")),
+    SweepCase("data_variant_missing_file", "search.data.train", "coco/train_pseudo.json does not exist",
+              ("coco/train_pseudo.json", "coco/val.json"), stage="data"),
+    SweepCase("data_variant_other_categories", "search.data.train",
+              "coco/other_categories.json: its categories [1: square, 2: circle, 3: other] differ from those of",
+              ("coco/other_categories.json", "coco/val.json"), stage="data"),
 ]
 #: (case, "load" | "cli") -> why it fails today; these run as strict xfails until fixed
 KNOWN_BUGS: dict[tuple[str, str], str] = {}

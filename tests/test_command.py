@@ -90,6 +90,24 @@ def test_epoch_metrics_merge_renumber_and_wait_for_the_objective() -> None:
     assert m.ready(final=True) == []
 
 
+def test_step_metrics_are_taken_as_reported_and_records_without_the_objective_dropped() -> None:
+    """`time_key: step`: steps are not renumbered (step 0, before training, is not reported);
+    training-loss records between validations carry no objective and are merged or dropped."""
+    m = EpochMetrics("val/acc", time_key="step")
+    m.add({"step": 0, "val/acc": 0.5})  # an evaluation before training
+    m.add({"step": 10, "train/loss": 0.9, "epoch": 0})  # a step-based script may log its epoch too
+    m.add({"step": 50, "train/loss": 0.7})
+    m.add({"step": 50, "val/acc": 0.8})
+    m.add({"step": 60, "train/loss": 0.6})
+    assert m.ready() == [(50, {"train/loss": 0.7, "val/acc": 0.8})]  # step 0 ignored, step 10 dropped
+    m.add({"step": 100, "val/acc": 0.9})
+    assert m.ready(final=True) == [(100, {"val/acc": 0.9})]
+    mm = EpochMetrics("coco/bbox_mAP", time_key=["epoch", "step"])  # MMEngine by epoch: val lines have `step`
+    mm.add({"epoch": 1, "iter": 16, "step": 16, "loss": 0.4})
+    mm.add({"coco/bbox_mAP": 0.3, "step": 1})
+    assert mm.ready(final=True) == [(1, {"iter": 16.0, "loss": 0.4, "coco/bbox_mAP": 0.3})]
+
+
 def test_epoch_metrics_latest_epoch_is_complete_after_a_quiet_second(monkeypatch: pytest.MonkeyPatch) -> None:
     import sweeper.tasks.command as command
 
@@ -225,7 +243,7 @@ def test_mmdetection_style_cfg_options_and_scalars_json(tmp_path: Path) -> None:
     workdir = SCRIPTS / "mmengine_style"
     spec = _spec(f"{sys.executable} train.py configs/tiny.py --work-dir {{trial_dir}}/work --cfg-options {{overrides}}",
                  workdir, overrides="hydra", metrics="jsonl:{trial_dir}/work/*/vis_data/scalars.json",
-                 epoch_key=["epoch", "step"])
+                 time_key=["epoch", "step"])
     trial = CommandTrial(spec, {"optim_wrapper.optimizer.lr": 0.02, "train_dataloader.batch_size": 64,
                                 "train_cfg.max_epochs": 2}, trial_dir=str(tmp_path / "t"), objective="coco/bbox_mAP")
     try:
@@ -236,3 +254,20 @@ def test_mmdetection_style_cfg_options_and_scalars_json(tmp_path: Path) -> None:
     for _, m in got:
         assert 0 <= m["coco/bbox_mAP"] <= 1 and m["lr"] == 0.02 and m["iter"] > 0
     assert "--cfg-options optim_wrapper.optimizer.lr=0.02 train_dataloader.batch_size=64" in trial.line
+
+
+def test_a_step_script_reports_every_50_steps_and_says_when_it_ended_itself(tmp_path: Path) -> None:
+    """`time_key: step` on a real script: one report per validation (every 50 steps); `at_end` is
+    set on the last report of a script that exits 0 (here by its own early stop at step 150)."""
+    spec = _spec(f"{sys.executable} {SCRIPTS / 'train_steps.py'} {{overrides}}", tmp_path, time_key="step")
+    trial = CommandTrial(spec, {"lr": 0.1, "steps": 300, "stop_at": 150}, trial_dir=str(tmp_path / "t"),
+                         objective="val/acc")
+    seen = []
+    try:
+        for step, metrics in trial.epochs():
+            seen.append((step, sorted(metrics), trial.at_end))
+    finally:
+        trial.stop()
+    assert [s for s, _, _ in seen] == [50, 100, 150]
+    assert all(keys == ["train/loss", "val/acc", "val/loss"] for _, keys, _ in seen)  # no `step` among the values
+    assert [end for _, _, end in seen] == [False, False, True]

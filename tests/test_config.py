@@ -1,13 +1,14 @@
 """Sweep-file schema, includes, overrides, path resolution and error messages."""
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from sweeper.config import SweepConfigError, flatten, load_sweep, parse_override, trial_config
+from sweeper.config import SweepConfigError, build_trial, flatten, load_sweep, parse_override, trial_config
 
 GOOD = """
 name: t
@@ -352,3 +353,167 @@ def test_redact_masks_secret_looking_names_only() -> None:
         "env": {"WANDB_API_KEY": "***", "HF_TOKEN": "***", "AWS_SECRET_ACCESS_KEY": "***", "PYTHONUNBUFFERED": "1"},
         "base": {"db": {"password": "***"}, "wandb": {"key": "***"}, "monkey": 3, "keypoints": 17},
         "ablation": {"seed_key": "train.seed"}, "list": [{"auth_key": "***"}]}
+
+
+# --------------------------------------------------------------------------- data keys, folds, named variants
+DATA_ABLATION = """
+name: cv
+task: detection
+data: {train: c/train.json, images: c/images, folds: {k: 3, seed: 0}, fold: 0}
+base:
+  model: {backbone: resnet18, fpn_channels: 32}
+  train: {epochs: 2, resolution: 64, lr: 0.01}
+ablation:
+  factors:
+    data.fold: [1, 2]
+    data.train: [c/pseudo.json]
+  variants:
+    recipe_b: {model.fpn_channels: 16, train.lr: 0.0005, train.resolution: 96}
+  seeds: 2
+objective: {metric: map50, mode: max}
+"""
+
+
+def _coco(path: Path, n: int, cats: list[dict] | None = None) -> None:
+    images = [{"id": i + 1, "file_name": f"{i}.png"} for i in range(n)]
+    path.write_text(json.dumps({"images": images, "annotations": [],
+                                "categories": cats or [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+
+
+@pytest.fixture()
+def coco_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """COCO files the driver reads before dispatch (names, categories; no images are opened)."""
+    d = tmp_path / "c"
+    (d / "images").mkdir(parents=True)
+    _coco(d / "train.json", 9)
+    _coco(d / "pseudo.json", 12)
+    _coco(d / "val.json", 3)
+    _coco(d / "tiny.json", 2)
+    _coco(d / "other.json", 9, [{"id": 1, "name": "a"}, {"id": 3, "name": "c"}])
+    monkeypatch.chdir(tmp_path)
+    return d
+
+
+def test_data_keys_as_factors_and_named_variants_reach_the_trials_data(tmp_path: Path, coco_dir: Path) -> None:
+    from sweeper.config import trial_params
+
+    sweep = load_sweep(write(tmp_path, DATA_ABLATION))
+    assert [name for name, _ in sweep.variants] == [
+        "baseline", "data.fold=1", "data.fold=2", "data.train=c/pseudo.json", "recipe_b"]
+    assert sweep.num_trials == 10
+    by_variant = {p["variant"]: trial_config(sweep, trial_params({"ablation": p})) for p in sweep.ablation_points
+                  if p["seed"] == 1}
+    base = by_variant["baseline"]
+    assert base["data"]["fold"] == 0 and base["data"]["train"] == str(coco_dir / "train.json")
+    assert by_variant["data.fold=2"]["data"]["fold"] == 2
+    assert by_variant["data.train=c/pseudo.json"]["data"]["train"] == str(coco_dir / "pseudo.json")  # absolute
+    assert "fold" not in base and "data" not in base["model"]  # data keys go to `data`, never into `base`
+    recipe = by_variant["recipe_b"]
+    assert (recipe["model"]["fpn_channels"], recipe["train"]["lr"], recipe["train"]["resolution"]) == (16, 5e-4, 96)
+    assert recipe["data"] == base["data"] and recipe["train"]["seed"] == 1
+    for name, cfg in by_variant.items():  # every variant differs from the baseline in its own keys only
+        diff = {k for k, v in flatten(cfg).items() if flatten(base).get(k) != v}
+        assert {k.removeprefix("data.") for k in diff} <= {k.removeprefix("data.") for k in dict(sweep.variants)[name]}
+    built = build_trial(sweep, trial_params({"ablation": sweep.ablation_points[1]}))
+    assert built.data.fold == 1 and built.data.folds.k == 3 and built.data.val is None
+
+
+def test_named_variants_cross_the_factors_in_a_full_factorial(tmp_path: Path, coco_dir: Path) -> None:
+    text = DATA_ABLATION.replace("    data.train: [c/pseudo.json]\n", "").replace("  seeds: 2", "  seeds: 2\n  full_factorial: true")
+    text = text.replace("variants:\n", "variants:\n    small: {model.fpn_channels: 8}\n")
+    sweep = load_sweep(write(tmp_path, text))
+    names = [name for name, _ in sweep.variants]
+    assert names == ["baseline", "data.fold=1", "data.fold=2", "small", "small,data.fold=1", "small,data.fold=2",
+                     "recipe_b", "recipe_b,data.fold=1", "recipe_b,data.fold=2"]
+    assert dict(sweep.variants)["recipe_b,data.fold=2"] == {"model.fpn_channels": 16, "train.lr": 0.0005,
+                                                            "train.resolution": 96, "data.fold": 2}
+    assert sweep.num_trials == 18
+
+
+def test_data_keys_are_searched_with_choices(tmp_path: Path, coco_dir: Path) -> None:
+    text = GOOD.replace("d/", "c/").replace("val: c/val.json", "val: c/val.json, folds: {k: 3}")
+    text = text.replace("  train.batch_size: {choice: [2, 4]}",
+                        "  data.train: {choice: [c/train.json, c/pseudo.json]}\n  data.fold: {choice: [0, 1, 2]}")
+    sweep = load_sweep(write(tmp_path, text))
+    cfg = trial_config(sweep, {"train.lr": 0.001, "data.train": "c/pseudo.json", "data.fold": 2})
+    assert cfg["data"]["train"] == str(coco_dir / "pseudo.json") and cfg["data"]["fold"] == 2
+    assert "data" not in cfg["train"] and cfg["train"]["lr"] == 0.001
+    fixed = load_sweep(write(tmp_path, text), ["data.fold=1"])  # --set on a searched data key fixes it
+    assert [d.key for d in fixed.dimensions] == ["train.lr", "data.train"] and fixed.spec.data.fold == 1
+    with pytest.raises(SweepConfigError, match=r"search\.data\.fold: a data key is searched with `choice`"):
+        load_sweep(write(tmp_path, text.replace("{choice: [0, 1, 2]}", "{randint: [0, 2]}")))
+
+
+BAD_DATA = [
+    ("fold outside the split", "data.fold: [1, 2]", "data.fold: [1, 3]", "ablation.factors.data.fold",
+     "fold 3 is outside 0..2"),
+    ("fixed fold outside", "fold: 0}", "fold: 5}", "data.fold", "fold 5 is outside 0..2"),
+    ("fold without folds", ", folds: {k: 3, seed: 0}", "", "data.fold", "needs data.folds"),
+    ("variant file missing", "[c/pseudo.json]", "[c/nowhere.json]", "ablation.factors.data.train",
+     "c/nowhere.json does not exist"),
+    ("variant categories differ", "[c/pseudo.json]", "[c/other.json]", "ablation.factors.data.train",
+     "its categories [1: a, 3: c] differ from those of"),
+    ("named variant categories", "train.resolution: 96}", "data.val: c/other.json}", "ablation.variants.recipe_b.data.val",
+     "c/other.json: its categories"),
+    ("too few images", "[c/pseudo.json]", "[c/tiny.json]", "ablation.factors.data.train",
+     "has 2 images, fewer than data.folds.k (3)"),
+    ("baseline without a fold", "fold: 0}", "}", "ablation.factors.data.fold", "the baseline needs a held-out fold"),
+    ("no val and no fold", ", fold: 0}", "}", "data.val", "is required"),
+    ("varied split", "data.fold: [1, 2]", "data.folds: [{k: 4}]", "ablation.factors.data.folds",
+     "cannot vary between trials"),
+    ("unknown data key", "data.train: [c/pseudo.json]", "data.trian: [c/pseudo.json]", "ablation.factors.data.trian",
+     "did you mean 'data.train'"),
+    ("named variant at the baseline", "train.lr: 0.0005", "train.lr: 0.01", "ablation.variants.recipe_b.train.lr",
+     "baseline's own value"),
+    ("named variant unknown key", "train.lr: 0.0005", "train.lrr: 0.0005", "ablation.variants.recipe_b.train.lrr",
+     "did you mean 'train.lr'"),
+    ("named variant bad value", "train.lr: 0.0005", "train.lr: fast", "ablation.variants.recipe_b.train.lr",
+     "does not fit"),
+    ("named variant empty", "{model.fpn_channels: 16, train.lr: 0.0005, train.resolution: 96}", "{}",
+     "ablation.variants.recipe_b", "needs the keys it changes together"),
+    ("named variant = a factor value", "{model.fpn_channels: 16, train.lr: 0.0005, train.resolution: 96}",
+     "{data.fold: 2}", "ablation.variants.recipe_b", "same keys to the same values as variant 'data.fold=2'"),
+    ("duplicate named variants", "  seeds: 2", "    again: {train.resolution: 96, model.fpn_channels: 16, "
+     "train.lr: 0.0005}\n  seeds: 2", "ablation.variants.again", "same keys to the same values as variant 'recipe_b'"),
+    ("named variant sets the seed", "train.lr: 0.0005", "train.seed: 4", "ablation.variants.recipe_b.train.seed",
+     "seed key"),
+    ("variant name", "recipe_b:", "recipe b,2:", "ablation.variants.recipe b,2", "a variant name is letters"),
+    ("factor key in a full factorial variant", "  seeds: 2", "  seeds: 2\n  full_factorial: true\n",
+     "ablation.variants.recipe_b.data.fold", "is also a factor"),
+]
+
+
+@pytest.mark.parametrize("case, old, new, field, words", BAD_DATA, ids=[b[0] for b in BAD_DATA])
+def test_bad_data_variants_and_folds_name_the_field(tmp_path: Path, coco_dir: Path, case: str, old: str, new: str,
+                                                    field: str, words: str) -> None:
+    text = DATA_ABLATION
+    if case == "factor key in a full factorial variant":
+        text = text.replace("train.resolution: 96}", "data.fold: 2}")
+    if case == "no val and no fold":
+        text = text.replace("    data.fold: [1, 2]\n", "")
+    assert text.count(old) == 1, old
+    with pytest.raises(SweepConfigError) as exc:
+        load_sweep(write(tmp_path, text.replace(old, new)))
+    assert exc.value.field == field, str(exc.value)
+    assert words in str(exc.value)
+
+
+def test_fold_files_are_checked_against_the_training_file(tmp_path: Path, coco_dir: Path) -> None:
+    (coco_dir / "f0.txt").write_text("0.png\n1.png\n")
+    (coco_dir / "f1.txt").write_text("2.png\n")
+    text = DATA_ABLATION.replace("folds: {k: 3, seed: 0}", "folds: {files: [c/f0.txt, c/f1.txt]}")
+    text = text.replace("data.fold: [1, 2]", "data.fold: [1]")
+    sweep = load_sweep(write(tmp_path, text))
+    assert sweep.spec.data.folds.files == [str(coco_dir / "f0.txt"), str(coco_dir / "f1.txt")]
+    (coco_dir / "f1.txt").write_text("2.png\n99.png\n")
+    with pytest.raises(SweepConfigError, match=r"data\.folds\.files: .*f1\.txt names image '99'"):
+        load_sweep(write(tmp_path, text))
+    with pytest.raises(SweepConfigError, match=r"ablation\.factors\.data\.fold: fold 2 is outside 0\.\.1"):
+        load_sweep(write(tmp_path, text.replace("data.fold: [1]", "data.fold: [2]")))
+
+
+def test_set_addresses_one_dotted_factor_or_variant_key(tmp_path: Path, coco_dir: Path) -> None:
+    sweep = load_sweep(write(tmp_path, DATA_ABLATION), ["ablation.factors.train.lr=[0.1]",
+                                                        "ablation.variants.recipe_b.train.lr=0.002"])
+    assert sweep.spec.ablation.factors["train.lr"] == [0.1]
+    assert sweep.spec.ablation.variants["recipe_b"]["train.lr"] == 0.002

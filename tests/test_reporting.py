@@ -291,3 +291,69 @@ def test_empty_sweep_still_reports(tmp_path: Path) -> None:
     md = result["markdown"].read_text()
     assert "# Sweep report: empty" in md and "- Trials: 0 (none)" in md
     _check_outputs(result)
+
+
+# --------------------------------------------------------------------------- grouped leaderboards
+FOLD_FINALS = {  # (variant as tagged, seed, data.fold as logged) -> map50 at the last epoch
+    ("baseline", 0, "0"): 0.50, ("baseline", 1, "0"): 0.52,
+    ("data.fold=1", 0, "1"): 0.60, ("data.fold=1", 1, "1"): 0.61,
+    ("data.fold=2", 0, "2"): 0.40, ("data.fold=2", 1, "2"): 0.43,
+    ("recipe_b", 0, "0"): 0.55, ("recipe_b", 1, "0"): 0.58,
+    ("recipe_b,data.fold=1", 0, "1"): 0.66, ("recipe_b,data.fold=1", 1, "1"): 0.65,
+    ("recipe_b,data.fold=2", 0, "2"): 0.47, ("recipe_b,data.fold=2", 1, "2"): 0.49,
+}
+
+
+def _fold_board() -> dict:
+    """A leaderboard (as sweeper.store reads it) of a full-factorial ablation: a named variant x folds."""
+    rows = [{"trial": f"t{i}", "status": "finished", "variant": v, "seed": str(s), "data.fold": f,
+             "data.train": "/d/train.json", "map50": x, "final": x} for i, ((v, s, f), x) in enumerate(FOLD_FINALS.items())]
+    rows.append({"trial": "tx", "status": "failed", "variant": "recipe_b", "seed": "2", "data.fold": "0", "map50": None,
+                 "final": None})
+    variants = list(dict.fromkeys(v for v, _, _ in FOLD_FINALS))
+    return {"name": "cv", "objective": "map50", "mode": "max", "searched": ["data.fold", "model.fpn_channels"],
+            "ablation": {"factors": {"data.fold": [1, 2]}, "named": {"recipe_b": {"model.fpn_channels": 16}},
+                         "seeds": [0, 1], "variants": variants}, "rows": rows}
+
+
+def test_group_variant_pools_folds_and_pairs_by_seed_and_fold() -> None:
+    from sweeper.reporting import group_rows
+
+    rows, columns, title = group_rows(_fold_board(), "variant")
+    assert [r["variant"] for r in rows] == ["baseline", "recipe_b"] and "pooled over folds" in title
+    groups: dict[str, dict[str, float]] = {}  # recipe -> (seed, fold) -> value
+    for (v, s, f), x in FOLD_FINALS.items():
+        recipe = "recipe_b" if v.startswith("recipe_b") else "baseline"
+        groups.setdefault(recipe, {})[f"seed {s}, fold {f}"] = x
+    expected = {r["variant"]: r for r in stats.ablation_table(groups, "baseline", "max")}
+    recipe = next(r for r in rows if r["variant"] == "recipe_b")
+    assert recipe["n"] == 6 and recipe["test"] == "paired t"  # 3 folds x 2 seeds, paired on both
+    assert recipe["map50 mean"] == pytest.approx(expected["recipe_b"]["mean"])
+    assert recipe["Δ vs baseline"] == pytest.approx(expected["recipe_b"]["diff"])
+    assert recipe["p (Holm)"] == pytest.approx(expected["recipe_b"]["p_holm"])
+
+
+def test_group_fold_gives_each_variant_per_fold() -> None:
+    from sweeper.reporting import group_rows
+
+    rows, columns, _ = group_rows(_fold_board(), "data.fold")
+    assert columns == ["variant", "data.fold", "n", "map50 mean", "± 95% CI"]
+    assert [(r["variant"], r["data.fold"], r["n"]) for r in rows] == [
+        ("baseline", "0", 2), ("baseline", "1", 2), ("baseline", "2", 2),
+        ("recipe_b", "0", 2), ("recipe_b", "1", 2), ("recipe_b", "2", 2)]
+    assert rows[1]["map50 mean"] == pytest.approx(0.605)
+    assert rows[1]["± 95% CI"] == pytest.approx((lambda s: (s.ci_high - s.ci_low) / 2)(stats.summarize([0.60, 0.61])))
+
+
+def test_group_by_a_data_key_of_a_search() -> None:
+    from sweeper.reporting import group_rows
+
+    rows = [{"trial": f"t{i}", "status": "finished", "data.train": t, "data.fold": str(i % 2), "final": x}
+            for i, (t, x) in enumerate([("a.json", 0.3), ("b.json", 0.5), ("a.json", 0.35), ("b.json", 0.55)])]
+    board = {"name": "s", "objective": "map50", "mode": "max", "searched": ["data.train"], "rows": rows}
+    grouped, columns, _ = group_rows(board, "data.train")
+    assert [(r["data.train"], r["n"]) for r in grouped] == [("b.json", 2), ("a.json", 2)]
+    assert grouped[0]["map50 mean"] == pytest.approx(0.525)
+    assert [r["data.fold"] for r in group_rows(board, "data.fold")[0]] == ["1", "0"]  # a logged, unsearched data key
+    with pytest.raises(LookupError, match="trials have no 'data.val'"):
+        group_rows(board, "data.val")

@@ -1,4 +1,5 @@
-"""The searcher wrapper: ASHA-stopped trials reach Optuna as PRUNED, fed fabricated results."""
+"""The searcher wrapper: ASHA-stopped trials reach Optuna as PRUNED, trials that ended themselves
+(patience, their script) as COMPLETE, fed fabricated results."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,6 +55,44 @@ def test_stopped_trials_are_pruned_and_finished_ones_complete() -> None:
     assert trials[2].state == State.FAIL
     s.on_trial_complete("t1", result(2, 0.07))  # a duplicate completion changes nothing
     assert s.study.get_trials(deepcopy=False)[1].state == State.PRUNED
+
+
+def test_trials_that_ended_themselves_complete_and_asha_cuts_are_pruned() -> None:
+    """Patience: COMPLETE with the best value (it converged; its best checkpoint is kept). The
+    script's own stop: COMPLETE with its last value, as a trial that ran its course. ASHA's cut
+    (marked by PersistentASHA) and an early end with no reason (the sweep stopped it): PRUNED."""
+    s = make_searcher()
+    for i in range(4):
+        s.suggest(f"t{i}")
+    for epoch, value in [(1, 0.5), (2, 0.4), (3, 0.45)]:
+        s.on_trial_result("t0", result(epoch, value))
+    s.on_trial_complete("t0", {**result(3, 0.45), "best_objective": 0.5, "best_epoch": 1, "stop_reason": "patience"})
+    s.on_trial_result("t1", result(2, 0.3))
+    s.on_trial_result("t1", {**result(2, 0.3), "stop_reason": "script"})  # the repeated report: not told twice
+    s.on_trial_complete("t1", {**result(2, 0.3), "best_objective": 0.3, "stop_reason": "script"})
+    s.on_trial_complete("t2", {**result(2, 0.2), "stop_reason": "asha"})
+    s.on_trial_complete("t3", result(4, 0.2))
+    trials = {t.number: t for t in s.study.get_trials(deepcopy=False)}
+    assert trials[0].state == State.COMPLETE and trials[0].value == pytest.approx(0.5)
+    assert trials[1].state == State.COMPLETE and trials[1].value == pytest.approx(0.3)
+    assert trials[1].intermediate_values == {2: 0.3}
+    assert trials[2].state == State.PRUNED and trials[3].state == State.PRUNED
+    assert trials[2].intermediate_values == {2: 0.2}  # the value ASHA cut it with (Tune never passed it on)
+
+
+def test_a_command_trial_on_steps_reports_intermediate_values_by_step() -> None:
+    space = to_optuna([parse_space("lr", {"loguniform": [1e-4, 1e-1]})])
+    s = PrunedAwareOptunaSearch(space=space, metric="val/acc", mode="max", max_t=300, time_attr="step",
+                                sampler=optuna.samplers.TPESampler(seed=0))
+    s.suggest("t0")
+    s.suggest("t1")
+    for step in (50, 100, 150):
+        s.on_trial_result("t0", {"step": step, "epochs_total": 300, "val/acc": step / 300})
+    s.on_trial_complete("t0", {"step": 150, "epochs_total": 300, "val/acc": 0.5, "stop_reason": "asha"})
+    s.on_trial_complete("t1", {"step": 300, "epochs_total": 300, "val/acc": 0.9})
+    t0, t1 = s.study.get_trials(deepcopy=False)
+    assert t0.state == State.PRUNED and sorted(t0.intermediate_values) == [50, 100, 150]
+    assert t1.state == State.COMPLETE and t1.value == pytest.approx(0.9)
 
 
 def test_plain_ray_optuna_search_would_record_a_stop_as_complete() -> None:

@@ -65,3 +65,42 @@ def test_grid() -> None:
 def test_describe() -> None:
     assert parse_space("k", {"loguniform": [1e-4, 1e-2]}).describe() == "loguniform [0.0001, 0.01]"
     assert parse_space("k", {"choice": [4, 8]}).describe() == "choice [4, 8]"
+
+
+# --------------------------------------------------------------------------- ablation variants
+def test_named_variants_follow_the_factors_one_at_a_time() -> None:
+    from sweeper.spaces import ablation_points, ablation_variants
+
+    named = {"recipe_b": {"model.backbone": "hrnet_w44", "train.lr": 5e-4}}
+    variants = ablation_variants({"train.resolution": [96]}, {"train.resolution": 64}, named=named)
+    assert variants == [("baseline", {}), ("train.resolution=96", {"train.resolution": 96}),
+                        ("recipe_b", {"model.backbone": "hrnet_w44", "train.lr": 5e-4})]
+    points = ablation_points(variants, [0, 1], "train.seed")
+    assert points[2] == {"variant": "recipe_b", "seed": 0,
+                         "params": {"model.backbone": "hrnet_w44", "train.lr": 5e-4, "train.seed": 0}}
+    assert len(points) == 6  # each variant runs with every seed
+    assert ablation_variants({}, {}, named=named) == [("baseline", {}), ("recipe_b", named["recipe_b"])]
+
+
+def test_named_variants_are_one_more_factor_in_a_full_factorial() -> None:
+    from sweeper.spaces import ablation_variants
+
+    named = {"a": {"x": 1}, "b": {"x": 2, "y": 3}}
+    variants = ablation_variants({"data.fold": [1]}, {"data.fold": 0}, full_factorial=True, named=named)
+    assert variants == [("baseline", {}), ("data.fold=1", {"data.fold": 1}), ("a", {"x": 1}),
+                        ("a,data.fold=1", {"x": 1, "data.fold": 1}), ("b", {"x": 2, "y": 3}),
+                        ("b,data.fold=1", {"x": 2, "y": 3, "data.fold": 1})]
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("baseline", ("baseline", None)),
+    ("data.fold=2", ("baseline", 2)),
+    ("recipe_b,data.fold=1", ("recipe_b", 1)),
+    ("train.lr_steps=[0.5, 0.8],data.fold=1,model.neck=pafpn", ("train.lr_steps=[0.5, 0.8],model.neck=pafpn", 1)),
+    ("recipe_b", ("recipe_b", None)),
+    ("data.fold=12", ("data.fold=12", None)),  # not a listed value
+])
+def test_without_factor_reads_the_fold_out_of_a_variant_name(variant: str, expected: tuple) -> None:
+    from sweeper.spaces import without_factor
+
+    assert without_factor(variant, "data.fold", [1, 2]) == expected

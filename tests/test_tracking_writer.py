@@ -110,9 +110,10 @@ def test_a_backlog_goes_out_as_one_batch_per_trial(logger: tracking.MLflowTrialL
     assert logger.flush() == []
     with_metrics = [b for b in batches if b.get("metrics")]
     assert len(with_metrics) == 1 and {m.step for m in with_metrics[0]["metrics"]} == {1, 2, 3}
-    assert [t.key for t in with_metrics[0]["tags"]] == ["sweeper.status"]
+    assert [t.key for t in with_metrics[0]["tags"]] == ["sweeper.status", "sweeper.stop_reason"]
     run = _trial_runs(logger)[0]
     assert run.info.status == "FINISHED" and run.data.tags["sweeper.status"] == "finished"
+    assert run.data.tags["sweeper.stop_reason"] == "completed"
     history = tracking.client(logger.uri).get_metric_history(run.info.run_id, "train/loss")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 1.0), (2, 0.5), (3, round(1 / 3, 6))]
 

@@ -20,6 +20,7 @@ from sweeper.config.trial import (
     as_trial_config,
     build_trial,
     redact,
+    redact_uri,
     script_params,
     trial_config,
     trial_model,
@@ -28,6 +29,6 @@ from sweeper.config.trial import (
 
 __all__ = [
     "MAX_ABLATION_TRIALS", "MAX_SEEDS", "REDACTED", "SECRET_NAME", "Sweep", "SweepConfigError", "as_trial_config",
-    "build_trial", "check_paths", "flatten", "get_or_none", "load_sweep", "metric_known", "parse_override", "redact",
+    "build_trial", "check_paths", "flatten", "get_or_none", "load_sweep", "metric_known", "parse_override", "redact", "redact_uri",
     "resolve_tracking_uri", "script_params", "set_dotted", "trial_config", "trial_model", "trial_params",
 ]

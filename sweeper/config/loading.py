@@ -19,15 +19,19 @@ import copy
 import difflib
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from sweeper.config import checks
-from sweeper.config.sweep import Sweep, SweepConfigError, flatten, get_dotted, get_or_none, set_dotted, suggest
+from sweeper.config.sweep import (Sweep, SweepConfigError, flatten, get_dotted, get_or_none, is_data_key, set_dotted,
+                                  suggest)
+from sweeper.config.trial import DATA_PATH_KEYS
 from sweeper.registry import TaskSpec, get_spec, task_names
-from sweeper.schema import CommandConfig, DataConfig, Scheduler, SweepFile, Tracking
+from sweeper.schema import Ablation, CommandConfig, DataConfig, Scheduler, SweepFile, Tracking
+from sweeper.spaces import Dimension
 from sweeper.sweep_yaml import BadYaml, parse_yaml, short_repr, user_loc
 
 
@@ -165,8 +169,15 @@ def _apply_override(path: Path, doc: dict[str, Any], base_defaults: dict[str, An
     if top in ("search", "eval_grid") and "." in key:
         _put(path, key, doc, key.split(".", 1), value)
         return
+    # ablation.factors.KEY and ablation.variants.NAME.KEY: KEY is one dotted key, as in the file
+    nested = re.fullmatch(r"ablation\.(factors)\.(.+)|ablation\.(variants)\.([^.]+)\.(.+)", key)
+    if nested:
+        _put(path, key, doc, ["ablation", *filter(None, nested.groups())], value)
+        return
     if top in SweepFile.model_fields:
         _put(path, key, doc, key.split("."), value)
+        if top == "data":  # as for a key into `base`: fixing a searched data key takes it out of the search
+            _unsearch(doc, key)
         return
     # a key into `base`, written as everywhere else (train.epochs)
     if base_defaults is not None:  # (an open task's keys are the script's own: we cannot know them)
@@ -190,6 +201,62 @@ def _resolve_path(value: str, cwd: Path, file: Path, field: str) -> str:
         raise SweepConfigError(file, field, f"{short_repr(value)} is not a usable path: {exc}") from None
 
 
+def _absolute(value: Any, cwd: Path, file: Path, field: str) -> Any:
+    """A path key's value made absolute: a path, or each file of a `{name: path}` mapping (a
+    weights file per backbone); anything else (None, a number a check refuses) as it is."""
+    if isinstance(value, str) and value:
+        return _resolve_path(value, cwd, file, field)
+    if isinstance(value, dict):
+        return {k: _absolute(v, cwd, file, f"{field}.{k}") for k, v in value.items()}
+    return value
+
+
+def _resolve_path_keys(file: Path, task: TaskSpec, spec: SweepFile, base: dict[str, Any], dims: list[Dimension],
+                       cwd: Path) -> tuple[list[Dimension], Ablation | None]:
+    """The task's path keys made absolute where `base` holds a mapping, and in searched choices
+    and ablation factor values (a trial gets those instead of `base`'s); `base` is changed in
+    place, the dimensions and the ablation returned (None: no ablation changed)."""
+    for key in task.path_keys:
+        value = get_or_none(base, key)
+        if isinstance(value, dict):
+            set_dotted(base, key, _absolute(value, cwd, file, f"base.{key}"))
+    dims = [replace(d, values=tuple(_absolute(v, cwd, file, f"search.{d.key}") for v in d.values))
+            if d.key in task.path_keys and d.is_categorical else d for d in dims]
+    abl = spec.ablation
+    named_keys = {k for changes in abl.variants.values() for k in changes} if abl is not None else set()
+    if abl is None or not (set(abl.factors) | named_keys) & set(task.path_keys):
+        return dims, None
+    factors = {k: [_absolute(v, cwd, file, f"ablation.factors.{k}") for v in values] if k in task.path_keys
+               else values for k, values in abl.factors.items()}
+    named = {n: {k: _absolute(v, cwd, file, f"ablation.variants.{n}.{k}") if k in task.path_keys else v
+                 for k, v in changes.items()} for n, changes in abl.variants.items()}
+    return dims, abl.model_copy(update={"factors": factors, "variants": named})
+
+
+def _check_path_keys(sweep: Sweep) -> None:
+    """Every path a task's path key may take exists: `base`'s (a file or a directory, or a
+    mapping's files), searched choices' and ablation factor values'."""
+    def check(value: Any, field: str) -> None:
+        if isinstance(value, dict):
+            for name, path in value.items():
+                if isinstance(path, str) and path and not Path(path).is_file():
+                    raise SweepConfigError(sweep.file, f"{field}.{name}", f"{path} not found")
+        elif isinstance(value, str) and value and not Path(value).exists():
+            raise SweepConfigError(sweep.file, field, f"{value} not found")
+
+    abl = sweep.spec.ablation
+    for key in sweep.task.path_keys:
+        check(get_or_none(sweep.base, key), f"base.{key}")
+        for d in sweep.dimensions:
+            for value in d.values if d.key == key else ():
+                check(value, f"search.{key}")
+        for value in abl.factors.get(key, []) if abl is not None else ():
+            check(value, f"ablation.factors.{key}")
+        for name, changes in abl.variants.items() if abl is not None else ():
+            if key in changes:
+                check(changes[key], f"ablation.variants.{name}.{key}")
+
+
 def _fragment_path(includer: Path, inc: str) -> Path:
     """An `include:` entry, relative to the file that includes it."""
     try:
@@ -201,9 +268,49 @@ def _fragment_path(includer: Path, inc: str) -> Path:
 def resolve_tracking_uri(uri: str, cwd: Path) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str((cwd / uri[len("sqlite:///"):]).resolve())
-    if "://" not in uri:  # a plain directory (file store)
+    if "://" not in uri:  # a plain directory (file store): refused by check_tracking_uri
         return str((cwd / uri).resolve())
     return uri
+
+
+#: tracking stores MLflow 3.17 writes: a database (SQLAlchemy URL) or a tracking server
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+def check_tracking_uri(uri: str) -> str | None:
+    """Why MLflow cannot use `uri` as this sweep's tracking store; None if it can. A directory
+    (MLflow's file store) is refused by the pinned MLflow ("maintenance mode") in the middle of a
+    launch, so it is refused here, with the database form to use instead."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep and re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri):  # `sqlite:/x`, `http:host`
+        return (f"{uri} is not a URI MLflow reads: write SCHEME://..., e.g. sqlite:///mlruns.db (three slashes) "
+                "or http://HOST:PORT")
+    if not sep or scheme == "file":
+        path = rest if sep else uri
+        return (f"{uri} is a directory (MLflow's file store), which MLflow 3.17 no longer writes; use a "
+                f"database in it, e.g. sqlite:///{Path(path) / 'mlruns.db'}, or a tracking server (http://...)")
+    base = scheme.split("+", 1)[0]  # postgresql+psycopg2://...
+    if base not in TRACKING_SCHEMES:
+        return f"unknown scheme {scheme!r}; use sqlite:///PATH, postgresql://..., mysql://... or http(s)://HOST:PORT"
+    if base == "sqlite" and not rest.startswith("/"):
+        return "a sqlite store is sqlite:///PATH (three slashes, then a relative or absolute path)"
+    if base in ("http", "https") and not rest.split("/", 1)[0]:
+        return f"{uri} names no host; use {base}://HOST:PORT"
+    return None
+
+
+def _storage_problem(storage: str) -> str | None:
+    """Why a local `storage` cannot hold experiments (a file, a directory we may not write);
+    None for object storage, which Ray checks when it connects."""
+    if "://" in storage and not storage.startswith("file://"):
+        return None
+    path = Path(storage.removeprefix("file://"))
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a directory for Ray's experiments; point storage at a directory"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user, so {path} cannot hold the sweep's experiments"
+    return None
 
 
 #: `SWEEP_NAME:best` in a checkpoint key: resolved by the driver (sweeper.checkpoints), not a path
@@ -242,6 +349,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     for key, value in sets:
         if key.split(".", 1)[0] != "task":
             _apply_override(file, doc, base_defaults, key, value)
+    checks.check_time_unit(file, doc, task)
 
     includes = _check_include(file, doc.get("include"))
     if not isinstance(doc.get("search", {}) or {}, dict):
@@ -254,6 +362,8 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     origins: dict[str, Path] = {}  # searched key -> the fragment that set it
     for inc in includes:
         frag = _fragment_path(file, inc)
+        if frag.is_dir():
+            raise SweepConfigError(file, "include", f"fragment {inc!r} is a directory ({frag}); name a YAML file in it")
         if not frag.is_file():
             raise SweepConfigError(file, "include", f"fragment {inc!r} not found (looked at {frag})")
         inner, inner_origins = _load_fragment(frag, (file,))
@@ -298,6 +408,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
         checks.check_ablation(file, spec, task, base)
         if "scheduler" not in doc:  # early stopping would bias a controlled comparison
             spec = spec.model_copy(update={"scheduler": Scheduler(name="fifo")})
+    checks.check_data_section(file, spec, dims)
     checks.check_eval_grid(file, spec, task, base)
     for i, objective in enumerate(objectives):
         checks.check_objective(file, spec, task, objective,
@@ -308,6 +419,9 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     update: dict[str, Any] = {
         "storage": _resolve_path(spec.storage, cwd, file, "storage"),
     }
+    problem = check_tracking_uri(spec.tracking.uri)
+    if problem:
+        raise SweepConfigError(file, "tracking.uri", problem)
     try:
         update["tracking"] = Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd))
     except (ValueError, RuntimeError, OSError) as exc:
@@ -320,6 +434,9 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
         value = get_or_none(base, key)
         if isinstance(value, str) and value and not CHECKPOINT_REF.fullmatch(value):
             set_dotted(base, key, _resolve_path(value, cwd, file, f"base.{key}"))
+    dims, ablation = _resolve_path_keys(file, task, spec, base, dims, cwd)
+    if ablation is not None:
+        update["ablation"] = ablation
     spec = spec.model_copy(update=update)
     raw = copy.deepcopy(doc)
     raw.pop("include", None)
@@ -335,22 +452,106 @@ def check_paths(sweep: Sweep) -> None:
     `data.synth` generates it on first launch) and the task's path keys (weights). Separate from
     loading, so a launch loads its sweep once: loaded, data generated if asked, then checked."""
     spec, file = sweep.spec, sweep.file
+    problem = _storage_problem(spec.storage)
+    if problem:
+        raise SweepConfigError(file, "storage", problem)
     if spec.command is not None and not Path(spec.command.workdir).is_dir():
         raise SweepConfigError(file, "command.workdir", f"{spec.command.workdir} is not a directory; point it at "
                                "the directory your training command runs in")
-    if spec.data is not None and spec.data.synth is None:
-        for key in ("train", "val", "images"):
-            path = getattr(spec.data, key)
-            if not Path(path).exists():
-                raise SweepConfigError(file, f"data.{key}", f"{path} does not exist; point it at "
-                                       "your dataset (--set data.train=... --set data.val=... --set "
-                                       "data.images=...), make synthetic data there (sweeper data synth "
-                                       f"--task {spec.task} --out DIR), or add `data: {{synth: {{}}}}` "
-                                       "to generate it on first launch")
-    for key in (*sweep.task.path_keys, *sweep.task.checkpoint_keys):
+    data = spec.data
+    generated_later = data is not None and data.synth is not None and not all(
+        Path(p).exists() for p in (data.train, data.val, data.images) if p is not None)
+    if data is not None and not generated_later:
+        _check_data(sweep)
+    _check_path_keys(sweep)
+    for key in sweep.task.checkpoint_keys:
         value = get_or_none(sweep.base, key)
         if isinstance(value, str) and value and not CHECKPOINT_REF.fullmatch(value) and not Path(value).is_file():
             raise SweepConfigError(file, f"base.{key}", f"{value} not found")
+
+
+def _data_values(sweep: Sweep) -> list[tuple[str, str, Any]]:
+    """(field, data key, value) for every value a trial's data may take: the data section's own
+    (absolute already), then searched choices, ablation factor values and named variants' values
+    (absolute here, as `trial_data` makes them for the trial)."""
+    spec, file = sweep.spec, sweep.file
+    assert spec.data is not None
+    out = [(f"data.{k}", k, getattr(spec.data, k)) for k in ("train", "val", "images", "fold")]
+    varied = [(f"search.{d.key}", d.key, v) for d in sweep.dimensions for v in d.values]
+    abl = spec.ablation
+    if abl is not None:
+        varied += [(f"ablation.factors.{k}", k, v) for k, values in abl.factors.items() for v in values]
+        varied += [(f"ablation.variants.{n}.{k}", k, v) for n, c in abl.variants.items() for k, v in c.items()]
+    for field, key, value in varied:
+        if is_data_key(key, spec):
+            sub = key.removeprefix("data.")
+            if sub in DATA_PATH_KEYS and isinstance(value, str):
+                value = _resolve_path(value, sweep.cwd, file, field)
+            out.append((field, sub, value))
+    return out
+
+
+def _check_data(sweep: Sweep) -> None:
+    """Every file a trial's data may name exists; when trials train or validate on different files,
+    all of them have the same categories (a detector's classes); with folds, every training file
+    can be split into them (k images at least; the fold files name images of it)."""
+    from sweeper.tasks.folds import FoldError, categories, fold_files_keys, image_key, image_names
+
+    spec, file = sweep.spec, sweep.file
+    data = spec.data
+    assert data is not None
+    values = _data_values(sweep)
+    for field, key, path in values:
+        if key not in DATA_PATH_KEYS or path is None or Path(path).exists():
+            continue
+        if field.startswith("data."):
+            raise SweepConfigError(file, field, f"{path} does not exist; point it at "
+                                   "your dataset (--set data.train=... --set data.val=... --set "
+                                   "data.images=...), make synthetic data there (sweeper data synth "
+                                   f"--task {spec.task} --out DIR), or add `data: {{synth: {{}}}}` "
+                                   "to generate it on first launch")
+        raise SweepConfigError(file, field, f"{path} does not exist (a trial would get it as data.{key})")
+    for path in data.folds.files if data.folds is not None and data.folds.files else []:
+        if not Path(path).exists():
+            raise SweepConfigError(file, "data.folds.files", f"{path} does not exist")
+    files: dict[str, str] = {}  # annotation file -> the first field naming it, the data section's first
+    for field, key, path in values:
+        if key in ("train", "val") and path is not None:
+            files.setdefault(path, field)
+
+    def read(what: Any, path: Any, field: str) -> Any:
+        try:
+            return what(path)
+        except FoldError as exc:
+            raise SweepConfigError(file, field, str(exc)) from None
+
+    if any(not field.startswith("data.") for field in files.values()):  # trials get different files
+        reference = read(categories, data.train, "data.train")
+        for path, field in files.items():
+            found = read(categories, path, field)
+            if found != reference:
+                raise SweepConfigError(file, field, f"{path}: its categories {_names(found)} differ from "
+                                       f"those of {data.train} ({_names(reference)}); every training and "
+                                       "validation file of one sweep needs the same categories")
+    if data.folds is None or not any(key == "fold" and value is not None for _, key, value in values):
+        return
+    fold_keys = read(fold_files_keys, data.folds.files, "data.folds.files") if data.folds.files else []
+    for path, field in files.items():
+        if field != "data.train" and not field.endswith(".data.train"):
+            continue
+        keys = {image_key(n) for n in read(image_names, path, field)}
+        if data.folds.k is not None and len(keys) < data.folds.k:
+            raise SweepConfigError(file, field, f"{path} has {len(keys)} images, fewer than "
+                                   f"data.folds.k ({data.folds.k}): a fold would be empty")
+        for fold_file, held in zip(data.folds.files or [], fold_keys):
+            stray = sorted(held - keys)
+            if stray:
+                raise SweepConfigError(file, "data.folds.files", f"{fold_file} names image {stray[0]!r}, "
+                                       f"which {path} does not hold; a fold file names images of data.train")
+
+
+def _names(cats: list[tuple[Any, str]] | None) -> str:
+    return "none" if cats is None else "[" + ", ".join(f"{i}: {n}" for i, n in cats) + "]"
 
 
 def _resolve_data(file: Path, spec: SweepFile, cwd: Path) -> DataConfig:
@@ -358,7 +559,10 @@ def _resolve_data(file: Path, spec: SweepFile, cwd: Path) -> DataConfig:
     data = spec.data.model_dump()
     data["format"] = data["format"] or get_spec(spec.task).data_formats[0]
     for key in ("train", "val", "images"):
-        data[key] = _resolve_path(data[key], cwd, file, f"data.{key}")
+        if data[key] is not None:
+            data[key] = _resolve_path(data[key], cwd, file, f"data.{key}")
+    if data["folds"] and data["folds"]["files"]:
+        data["folds"]["files"] = [_resolve_path(f, cwd, file, "data.folds.files") for f in data["folds"]["files"]]
     return DataConfig.model_validate(data)
 
 

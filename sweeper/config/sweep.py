@@ -70,8 +70,14 @@ class Sweep(BaseModel):
         abl = self.spec.ablation
         if abl is None:
             return []
-        base_values = {k: get_or_none(self.base, k) for k in abl.factors}
-        return ablation_variants(abl.factors, base_values, abl.full_factorial)
+        base_values = {k: self.baseline_value(k) for k in abl.factors}
+        return ablation_variants(abl.factors, base_values, abl.full_factorial, abl.variants)
+
+    def baseline_value(self, key: str) -> Any:
+        """What a trial that does not vary `key` gets: `data.*` from the data section, else from `base`."""
+        if is_data_key(key, self.spec):
+            return get_or_none(self.spec.data.model_dump(), key.removeprefix("data."))
+        return get_or_none(self.base, key)
 
     @property
     def ablation_points(self) -> list[dict[str, Any]]:
@@ -95,6 +101,21 @@ class Sweep(BaseModel):
         (`?endpoint_override=...&scheme=http`) kept at the end, where pyarrow reads it."""
         base, sep, query = self.spec.storage.partition("?")
         return f"{base.rstrip('/')}/{self.spec.name}{sep}{query}"
+
+
+def is_data_key(key: str, spec: SweepFile) -> bool:
+    """Whether a searched or ablated key addresses the sweep's `data` section (`data.train`,
+    `data.fold`) rather than `base`: for a task that reads data; a command's keys are its own."""
+    return key.startswith("data.") and spec.data is not None
+
+
+def absolute_path(value: str, cwd: Path) -> str:
+    """`value` made absolute against `cwd` (a URI is kept): paths in sweep files are relative to the
+    launch directory, and trials run elsewhere. Raises ValueError/RuntimeError/OSError for a path
+    the OS cannot take (a NUL byte, `~user` of no such user, a symlink loop)."""
+    if "://" in value:
+        return value
+    return str((cwd / Path(value).expanduser()).resolve())
 
 
 def suggest(word: str, options: list[str]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, create_model
 
-from sweeper.config.sweep import Sweep, flatten, set_dotted
+from sweeper.config.sweep import Sweep, absolute_path, flatten, is_data_key, set_dotted
 from sweeper.registry import TaskSpec, get_spec
 from sweeper.schema import DataConfig, Objective
 
@@ -23,15 +23,35 @@ def trial_config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     task the sweep's data, eval grid and objective (what `trial_model` validates)."""
     cfg = copy.deepcopy(sweep.base)
     for key, value in params.items():
-        set_dotted(cfg, key, value)
+        if not is_data_key(key, sweep.spec):
+            set_dotted(cfg, key, value)
     cfg["task"] = sweep.spec.task
     if sweep.task.open_keys:
         return cfg
-    cfg["data"] = sweep.spec.data.model_dump() if sweep.spec.data is not None else None
+    cfg["data"] = trial_data(sweep, params)
     cfg["eval_grid"] = dict(sweep.spec.eval_grid)
     objective = sweep.spec.objective
     cfg["objective"] = {"metric": objective.metric.removeprefix("default/"), "mode": objective.mode}
     return cfg
+
+
+#: `data` keys holding paths: a trial's value is made absolute against the launch directory
+DATA_PATH_KEYS = ("train", "val", "images")
+
+
+def trial_data(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial's `data`: the sweep's data section with the trial's `data.*` values (searched, or
+    an ablation variant's) applied, their paths made absolute against the launch directory as the
+    section's own are (they are kept as written in the sweep, so variant names stay readable)."""
+    if sweep.spec.data is None:
+        return None
+    data = sweep.spec.data.model_dump()
+    for key, value in params.items():
+        if is_data_key(key, sweep.spec):
+            sub = key.removeprefix("data.")
+            path = sub in DATA_PATH_KEYS and isinstance(value, str) and value
+            set_dotted(data, sub, absolute_path(value, sweep.cwd) if path else value)
+    return data
 
 
 _TRIAL_MODELS: dict[str, type[BaseModel]] = {}
@@ -90,6 +110,11 @@ def redact(tree: Any) -> Any:
     if isinstance(tree, list):
         return [redact(v) for v in tree]
     return tree
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with the password of its `user:password@` part replaced by ***, for messages and logs."""
+    return re.sub(r"(?<=://)([^/@:]*):[^/@]*@", rf"\1:{REDACTED}@", uri)
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:

@@ -49,22 +49,57 @@ def load_task(name: str) -> type:
 
 
 def check_sweep(sweep: Any) -> None:
-    """Checks that need the task's libraries (timm names); run before Ray starts, not in --dry-run."""
-    from sweeper.config import SweepConfigError, get_or_none
+    """Checks that need the task's libraries, run before any trial is dispatched (and by `sweeper
+    validate`; not in --dry-run): every backbone a trial can get (the fixed one, searched choices,
+    ablation factor values) is a timm model, and one that starts from weights has them (a
+    `weights` file, mapping entry or directory file, or, with the hub offline, timm's in the
+    local cache). A missing one would otherwise fail in every trial that draws it."""
+    from sweeper.config import SweepConfigError
 
-    keys = sweep.task.backbone_keys
-    if keys:
-        from sweeper.tasks.backbones import check_backbone  # torch-free once cached
+    trials = [t for key in sweep.task.backbone_keys for t in _backbone_trials(sweep, key)]
+    if not trials:
+        return
+    from sweeper.tasks.backbones import check_backbone  # torch-free once cached
+    from sweeper.tasks.weights import missing_weights  # imports timm only for timm's own weights
 
-        names = {(f"base.{key}", get_or_none(sweep.base, key)) for key in keys}
-        for dim in sweep.dimensions:
-            if dim.key in keys:
-                names |= {(f"search.{dim.key}", v) for v in dim.values}
-        for field, name in sorted(names):
-            try:
-                check_backbone(name)
-            except ValueError as exc:
-                raise SweepConfigError(sweep.file, field, str(exc)) from None
+    for field, name in sorted({(field, model["backbone"]) for field, model in trials}, key=repr):
+        try:
+            check_backbone(name)
+        except ValueError as exc:
+            raise SweepConfigError(sweep.file, field, str(exc)) from None
+    seen: set[str] = set()
+    for field, model in trials:
+        case = repr(sorted(model.items()))
+        if case in seen:
+            continue
+        seen.add(case)
+        try:
+            problem = missing_weights(model["backbone"], bool(model["pretrained"]), model["weights"])
+        except ValueError as exc:  # a pretrained tag timm does not have
+            problem = str(exc)
+        if problem:
+            raise SweepConfigError(sweep.file, field, problem)
+
+
+def _backbone_trials(sweep: Any, key: str) -> list[tuple[str, dict[str, Any]]]:
+    """(the field that sets the backbone, {backbone, pretrained, weights}) for every combination
+    a trial can get of backbone key `key` and its siblings `pretrained` and `weights`
+    (`model.backbone` -> `model.pretrained`, `model.weights`: the section create_timm_body reads).
+    An ablation's are its variants; a search's, every combination of the searched choices."""
+    import itertools
+
+    from sweeper.config import get_or_none
+
+    prefix = key.rpartition(".")[0]
+    keys = {n: f"{prefix}.{n}" if prefix else n for n in ("backbone", "pretrained", "weights")}
+    fixed = {n: get_or_none(sweep.base, k) for n, k in keys.items()}
+    if sweep.spec.ablation is not None:
+        return [(f"ablation.factors.{key}" if key in changes else f"base.{key}",
+                 {n: changes.get(k, fixed[n]) for n, k in keys.items()}) for _, changes in sweep.variants]
+    searched = {d.key: d.values for d in sweep.dimensions if d.is_categorical}
+    options = {n: list(searched.get(k, [fixed[n]])) for n, k in keys.items()}
+    field = f"search.{key}" if key in searched else f"base.{key}"
+    return [(field, dict(zip(options, combo))) for combo in itertools.product(*options.values())]
 
 
 def prepare_data(sweep: Any, log: Any = print) -> None:

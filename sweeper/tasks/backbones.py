@@ -1,5 +1,6 @@
 """timm backbones for every task: is a name a timm model (answered without importing torch when
-possible), and :func:`create_timm_body`, which builds one and loads local weights into it.
+possible), and :func:`create_timm_body`, which builds one and loads its weights (a local file, or
+timm's pretrained ones: see :mod:`sweeper.tasks.weights`).
 
 `sweeper launch` checks every backbone a sweep names before Ray starts (a typo must fail in a
 second, not in every trial). timm's registry lives inside timm, and importing timm imports torch
@@ -14,6 +15,7 @@ closest names.
     check_backbone("resnet18.a1_in1k")   # ok: pretrained tags are valid timm names
     check_backbone("resnet81")           # ValueError: ... did you mean: resnet18, resnet101, ...?
     body = create_timm_body({"backbone": "resnet18", "weights": "r18.safetensors"}, out_indices=3)
+    body = create_timm_body({"backbone": "resnet50", "pretrained": True})   # timm's, via the HF cache
 
 torch and timm are imported inside the functions that need them, so that importing this module
 (and a cached check) stays torch-free.
@@ -27,6 +29,8 @@ from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sweeper.tasks.weights import HOW, local_weights, missing_weights
 
 if TYPE_CHECKING:
     import torch
@@ -94,37 +98,41 @@ def create_timm_body(model_cfg: Mapping[str, Any], **timm_kwargs: Any) -> nn.Mod
     section), for every task: detection and DBNet build their bodies here.
 
     ``model.backbone`` is checked against timm first (a typo names the closest models);
-    ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``out_indices``). ``model.weights`` is a local
-    file loaded through timm's ``pretrained_cfg_overlay``, never a download, and required by
-    ``model.pretrained: True``. timm loads it non-strictly, so the file is read first (a damaged one
-    fails with a clear ValueError) and the built body is then checked to hold its tensors.
+    ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``out_indices``, ``img_size``). Weights come
+    from ``model.weights`` (a file, a ``{backbone: file}`` mapping or a directory; see
+    :mod:`sweeper.tasks.weights`) through timm's ``pretrained_cfg_overlay``, else, with
+    ``model.pretrained: True``, from timm's own resolution (the Hugging Face hub cache; a download
+    where ``HF_HUB_OFFLINE`` allows it). A missing source fails before timm is asked, with the same
+    message the driver's check gives. timm loads a local file non-strictly, so the file is read
+    first (a damaged one fails with a clear ValueError) and the built body is then checked to hold
+    its tensors.
     """
     import timm  # late: see the module docstring
 
     name = model_cfg.get("backbone", "resnet18")
     check_backbone(name)
-    weights = model_cfg.get("weights")
-    if model_cfg.get("pretrained", False) and not weights:
-        raise ValueError(
-            "model.pretrained: True needs model.weights (a local backbone file); "
-            "sweeps never download weights"
-        )
+    pretrained, weights = bool(model_cfg.get("pretrained", False)), model_cfg.get("weights")
+    problem = missing_weights(name, pretrained, weights)
+    if problem:
+        raise ValueError(problem)
+    path = local_weights(name, weights)
     kwargs: dict[str, Any] = {"features_only": True, **timm_kwargs}
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ValueError(f"model.weights: backbone weights file not found: {path}")
+    if path is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         in_file = _read_weights(path)
     try:
-        body = timm.create_model(name, pretrained=bool(weights), **kwargs)
-    except (RuntimeError, KeyError) as exc:  # e.g. a tensor of the right name but another shape
-        if weights:
-            raise ValueError(f"model.weights: cannot load {weights} into timm model {name!r}: "
+        body = timm.create_model(name, pretrained=path is not None or pretrained, **kwargs)
+    except Exception as exc:
+        if path is not None and isinstance(exc, (RuntimeError, KeyError)):  # e.g. a tensor of another shape
+            raise ValueError(f"model.weights: cannot load {path} into timm model {name!r}: "
                              f"{_shorten(str(exc))}") from exc
+        if path is None and pretrained:  # the hub: no network, a partial cache, ...
+            raise ValueError(f"model.pretrained: timm cannot load its pretrained weights for {name!r}: "
+                             f"{type(exc).__name__}: {_shorten(str(exc))}; {HOW.replace('NAME', repr(name))}"
+                             ) from exc
         raise
-    if weights:
-        _check_loaded(body, in_file, f"model.weights: {weights} does not fit timm model {name!r}")
+    if path is not None:
+        _check_loaded(body, in_file, f"model.weights: {path} does not fit timm model {name!r}")
     return body
 
 

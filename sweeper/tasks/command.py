@@ -2,12 +2,13 @@
 
 A command trial renders the trial's values into the command line (or the environment), runs it
 as a subprocess in its own process group, streams its output to a log, and reads the metrics the
-script reports while it runs, one epoch at a time::
+script reports while it runs, one epoch (or step, with `time_key: step`) at a time::
 
     trial = CommandTrial(spec, params, trial_dir=..., objective="val/hmean")
     try:
         for epoch, metrics in trial.epochs():   # blocks until the script finishes an epoch
             ...                                 # the trainable reports to Ray Tune here
+            trial.at_end                        # True: the script exited 0 after this one
     finally:
         trial.stop()                            # SIGTERM to the group, SIGKILL after a grace period
 
@@ -15,7 +16,9 @@ Metrics come from stdout lines ``SWEEPER_METRICS {"epoch": 3, "val/hmean": 0.97}
 `sweeper.report.report` prints), or from a CSV / JSON-lines file the script appends to (a
 Lightning CSVLogger's ``metrics.csv``). Records of the same epoch are merged; an epoch is
 complete once its objective was seen and a later epoch started, the source was quiet for a
-second, or the script ended. Nothing here knows about Ray: the trainable drives it.
+second, or the script ended. The record key holding the time is `time_key` (`epoch`, `step`, or
+a list tried in order: MMEngine's validation lines carry the epoch as `step`). Nothing here
+knows about Ray: the trainable drives it.
 """
 from __future__ import annotations
 
@@ -128,17 +131,21 @@ def _number(value: Any) -> float | None:
 
 
 class EpochMetrics:
-    """Merges metric records per epoch and hands out each epoch once it is complete.
+    """Merges metric records per epoch (or step) and hands out each one once it is complete.
 
     Epochs are renumbered from 1 (ASHA's time unit): a script that counts from 0, as Lightning
-    does, has its epoch 0 reported as 1. Epochs at or below `last_reported` are ignored, so a
-    script that resumes from an older checkpoint and repeats an epoch is not reported twice.
+    does, has its epoch 0 reported as 1. Steps (`time_key` starting with `step`) are taken as the
+    script reports them: a step count has no "first" to renumber (a record at step 0, an
+    evaluation before training, is not reported). Times at or below `last_reported` are ignored,
+    so a script that resumes from an older checkpoint and repeats an epoch is not reported twice.
     """
 
     def __init__(self, objective: str, first_epoch: int | None = None, last_reported: int = 0,
-                 epoch_key: str | list[str] = "epoch") -> None:
+                 time_key: str | list[str] = "epoch") -> None:
         self.objective = objective
-        self.epoch_keys = [epoch_key] if isinstance(epoch_key, str) else list(epoch_key)
+        self.epoch_keys = [time_key] if isinstance(time_key, str) else list(time_key)
+        if self.epoch_keys[0] == "step":
+            first_epoch = 0  # taken as reported: "renumbered" from 0 to 0
         self.first_epoch = first_epoch
         self.last_reported = last_reported
         self.pending: dict[int, dict[str, float]] = {}
@@ -156,7 +163,7 @@ class EpochMetrics:
         assert raw_epoch is not None
         if self.first_epoch is None:
             self.first_epoch = 0 if raw_epoch == 0 else 1
-        epoch = int(raw_epoch) - self.first_epoch + 1
+        epoch = int(raw_epoch) - self.first_epoch + (0 if self.epoch_keys[0] == "step" else 1)
         if epoch <= self.last_reported:
             return
         values = {k: n for k, v in record.items() if k not in self.epoch_keys and (n := _number(v)) is not None}
@@ -336,10 +343,13 @@ class CommandTrial:
             env[command["checkpoint_dir_env"]] = str(self.checkpoint_dir)
         self.env = env
         self.metrics = EpochMetrics(objective, first_epoch if first_epoch is not None else command.get("first_epoch"),
-                                    last_reported, command.get("epoch_key", "epoch"))
+                                    last_reported, command.get("time_key", command.get("epoch_key", "epoch")))
         kind, _, pattern = command.get("metrics", "stdout").partition(":")
         self.file = MetricsFile(kind, pattern.replace("{trial_dir}", str(self.trial_dir))) if pattern else None
         self.process: CommandProcess | None = None
+        #: set while `epochs()` hands out the last epoch of a script that has exited 0: the trainable
+        #: can then say, in that epoch's own report, that the script ended by itself
+        self.at_end = False
 
     def start(self) -> None:
         self.process = CommandProcess(self.line, cwd=self.spec["workdir"], env=self.env, log_path=self.log_path,
@@ -368,7 +378,10 @@ class CommandTrial:
             if rc is not None:
                 self.process.wait_output()
             self._collect()
-            yield from self.metrics.ready(final=rc is not None)
+            ready = self.metrics.ready(final=rc is not None)
+            for i, item in enumerate(ready):
+                self.at_end = rc == 0 and i == len(ready) - 1
+                yield item
             if rc is not None:
                 break
             time.sleep(poll_s)
@@ -378,10 +391,13 @@ class CommandTrial:
             raise CommandFailed(f"command {how}: {self.shown_line}\nlast lines of stderr:\n{tail}")
         if self.metrics.last_reported == 0:
             source = self.spec.get("metrics", "stdout")
-            raise CommandFailed(f"command exited 0 but never reported {self.objective!r} with an `epoch` "
-                                f"(metrics: {source}); it wrote {self.metrics.describe_seen()}. Print "
-                                f"`{METRICS_PREFIX}{{\"epoch\": 1, \"{self.objective}\": ...}}` lines "
-                                "(sweeper.report.report does) or point `command.metrics` at its log file")
+            keys = self.metrics.epoch_keys
+            raise CommandFailed(f"command exited 0 but never reported {self.objective!r} in a record with "
+                                f"{' or '.join(f'`{k}`' for k in keys)} (command.time_key; metrics: {source}); it "
+                                f"wrote {self.metrics.describe_seen()}. Print "
+                                f"`{METRICS_PREFIX}{{\"{keys[0]}\": 1, \"{self.objective}\": ...}}` lines "
+                                "(sweeper.report.report does), point `command.metrics` at its log file, or set "
+                                "`command.time_key` to the key(s) its records carry (MMEngine: [epoch, step])")
 
     def stop(self) -> None:
         """End the process group; the script's checkpoints were persisted with the reports."""

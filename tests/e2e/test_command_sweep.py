@@ -3,17 +3,34 @@
 (a) a Hydra + Lightning script, Hydra overrides, metrics tailed from Lightning's CSVLogger file;
 (b, c) an argparse script reporting with `sweeper.report`, ASHA stopping long-running trials,
        with no process left behind;
-(d, e) a crash mid-trial resumed from the script's own checkpoint, and a script exiting 1.
+(d, e) a crash mid-trial resumed from the script's own checkpoint, and a script exiting 1;
+(f, g) a script on steps (`time_key: step`, validating every 50 steps): ASHA's rungs in steps,
+       its own early stop (finished, kept in the ablation's statistics) and patience on steps;
+(h) README's MMDetection recipe, its lines run as written.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import COMMAND_SCRIPTS, launch_sweep, mlflow_client, run_sweeper, trial_runs, write_sweep
+import yaml
+
+from .conftest import (
+    COMMAND_SCRIPTS,
+    json_lines,
+    launch_sweep,
+    mlflow_client,
+    run_sweeper,
+    sweeper_env,
+    trial_runs,
+    write_sweep,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +112,7 @@ def test_argparse_script_asha_stops_and_leaves_no_process(tmp_path: Path) -> Non
     assert stopped, [r.data.tags for r in runs]
     for r in stopped:
         assert int(r.data.tags["sweeper.stopped_at_epoch"]) < 8
+        assert r.data.tags["sweeper.stop_reason"] == "asha"  # marked by the scheduler, not guessed
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 8  # 4 scripts, each with a helper child
     deadline = time.time() + 20
@@ -226,3 +244,123 @@ def test_secrets_reach_the_script_but_never_mlflow_or_the_terminal(tmp_path: Pat
     assert len(texts) > 6  # sweep.yaml, sweep.resolved.json, trial_config.json, command.log, ...
     for text in texts:
         assert "topsecret" not in text
+
+
+def test_step_script_asha_judges_at_rungs_in_steps(tmp_path: Path) -> None:
+    proc = launch_sweep(tmp_path, f"""
+        name: steps-asha
+        task: command
+        command:
+          run: "{{python}} {COMMAND_SCRIPTS / 'train_steps.py'} {{overrides}}"
+          overrides: argparse
+          time_key: step
+        base:
+          steps: 300
+          sleep: 0.5
+        search:
+          lr: {{loguniform: [1.0e-4, 0.5]}}
+        objective: {{metric: val/acc, mode: max}}
+        scheduler: {{name: asha, grace_period: 100, reduction_factor: 2, max_t: 300}}
+        budget: {{num_samples: 4, max_concurrent: 2}}
+    """)
+    runs = trial_runs(tmp_path, "steps-asha")
+    assert len(runs) == 4
+    reasons = {r.data.tags["sweeper.stop_reason"] for r in runs}
+    assert reasons <= {"asha", "completed"} and "asha" in reasons, [r.data.tags for r in runs]
+    for run in runs:
+        steps = [s for s, _ in history(tmp_path, run.info.run_id, "val/acc")]
+        assert steps == list(range(50, steps[-1] + 1, 50))  # MLflow's step is the script's step
+        assert [s for s, _ in history(tmp_path, run.info.run_id, "train/loss")] == steps  # merged into them
+        if run.data.tags["sweeper.stop_reason"] == "asha":
+            assert run.data.tags["sweeper.status"] == "stopped"
+            assert int(run.data.tags["sweeper.stopped_at_epoch"]) == steps[-1] in (100, 200)  # the rungs
+        else:
+            assert run.data.tags["sweeper.status"] == "finished" and steps[-1] == 300
+    assert "stopped early" in proc.stdout
+
+
+def test_step_script_stopping_itself_is_finished_and_patience_counts_reports(tmp_path: Path) -> None:
+    """FIFO ablation on steps: the baseline runs its 300 steps; `stop_at: 150` is the script's own
+    early stop (finished, `stop_reason: script`, in the statistics; the script lingers before it
+    exits, so its last step was reported before the end was known: the reason follows in a copy of
+    that report); `plateau_after: 100` freezes the weights, so patience 2 ends it at step 200: two
+    validations (100 steps) after its best."""
+    dry = run_sweeper(["launch", write_sweep(tmp_path / "sweep.yaml", f"""
+        name: steps-self
+        task: command
+        command:
+          run: "{{python}} {COMMAND_SCRIPTS / 'train_steps.py'} {{overrides}}"
+          overrides: argparse
+          time_key: step
+        base:
+          steps: 300
+          lr: 0.1
+          sleep: 1.0                  # per validation: the script is still running when patience ends it
+          linger: 1.5                 # before exiting: a script's last report goes out before it ends
+        ablation:
+          factors:
+            stop_at: [150]
+            plateau_after: [100]
+          seeds: 2
+        objective: {{metric: val/acc, mode: max}}
+        scheduler: {{name: fifo, max_t: 300}}
+        early_stopping: {{patience: 2}}
+        budget: {{max_concurrent: 2}}
+    """).name, "--dry-run"], tmp_path, timeout=60, check=True)
+    assert "FIFO: every trial runs 300 steps" in dry.stdout and "after 2 evaluations in a row" in dry.stdout
+    proc = run_sweeper(["launch", "sweep.yaml"], tmp_path, timeout=400, check=True)
+    assert "6 finished, 0 stopped early" in proc.stdout
+    runs = trial_runs(tmp_path, "steps-self")
+    by_variant: dict[str, list] = {}
+    for run in runs:
+        by_variant.setdefault(run.data.tags["sweeper.variant"], []).append(run)
+        assert run.data.tags["sweeper.status"] == "finished", run.data.tags
+    expected = {"baseline": ("completed", 300), "stop_at=150": ("script", 150), "plateau_after=100": ("patience", 200)}
+    assert sorted(by_variant) == sorted(expected)
+    for variant, (reason, last) in expected.items():
+        for run in by_variant[variant]:
+            assert run.data.tags["sweeper.stop_reason"] == reason, (variant, run.data.tags)
+            assert history(tmp_path, run.info.run_id, "val/acc")[-1][0] == last
+            if reason != "completed":
+                assert run.data.tags["sweeper.stopped_at_epoch"] == str(last)
+            trial_dir = tmp_path / "runs" / "steps-self" / f"trial_{run.data.tags['sweeper.trial_id']}"
+            assert json_lines((trial_dir / "result.json").read_text())[-1].get("stop_reason") == (
+                None if reason == "completed" else reason)
+    for run in by_variant["plateau_after=100"]:
+        assert run.data.tags["sweeper.best_epoch"] == "100"
+        log = Path(mlflow_client(tmp_path).download_artifacts(run.info.run_id, "command.log", str(tmp_path / "dl")))
+        assert '"step": 250, "val/acc"' not in log.read_text()  # stopped by the trainable at step 200
+    board = run_sweeper(["leaderboard", "steps-self", "--group", "variant", "--format", "json"], tmp_path, timeout=60)
+    assert board.returncode == 0, board.stderr
+    assert [r["n"] for r in json.loads(board.stdout)["rows"]] == [2, 2, 2]  # no trial left out
+
+
+def test_mmdetection_recipe_from_the_readme_runs_as_written(tmp_path: Path) -> None:
+    """The README's MMDetection lines (run, overrides, metrics, time_key) as they are written, with
+    `tools/train.py` and the config it names in tests/command_scripts/mmengine_style (MMDetection's
+    command line and MMEngine's scalars.json, without MMDetection); `python` is this interpreter."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("# MMDetection / MMEngine", 1)[1].split("```", 1)[0]
+    recipe = yaml.safe_load("\n".join(re.findall(r"^(?:run|overrides|metrics|time_key):.*$", block, re.M)))
+    assert sorted(recipe) == ["metrics", "overrides", "run", "time_key"]
+    command = {**recipe, "workdir": str(COMMAND_SCRIPTS / "mmengine_style"), "epochs": 2}
+    write_sweep(tmp_path / "sweep.yaml", "name: mmdet\ntask: command\n",
+                yaml.safe_dump({"command": command}), """
+        base:
+          train_cfg.max_epochs: 2
+          train_dataloader.batch_size: 64
+        search:
+          optim_wrapper.optimizer.lr: {loguniform: [1.0e-3, 0.1]}
+        objective: {metric: coco/bbox_mAP, mode: max}
+        scheduler: {name: asha, grace_period: 1, max_t: 2}
+        budget: {num_samples: 2, max_concurrent: 2}
+    """)
+    env = sweeper_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    run_sweeper(["launch", "sweep.yaml"], tmp_path, timeout=400, env=env, check=True)
+    runs = trial_runs(tmp_path, "mmdet")
+    assert len(runs) == 2
+    for run in runs:
+        assert run.data.tags["sweeper.status"] in ("finished", "stopped"), run.data.tags
+        maps = history(tmp_path, run.info.run_id, "coco/bbox_mAP")
+        assert [e for e, _ in maps][:1] == [1] and all(0 <= v <= 1 for _, v in maps)
+        assert history(tmp_path, run.info.run_id, "iter")[0][1] > 0  # training lines merged into their epoch

@@ -91,3 +91,19 @@ def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert backbones.cache_dir() == tmp_path / "sweeper"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert backbones.cache_dir() == Path.home() / ".cache" / "sweeper"
+
+
+def test_the_sweep_check_of_backbones_without_weights_imports_no_torch(cache: Path, tmp_path: Path) -> None:
+    """check_sweep checks every backbone a sweep can produce (here: searched choices); without
+    `pretrained` or `weights` there are no weights to look for, so timm stays unimported."""
+    check_backbone("resnet18")  # fills the cache
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\ntask: detection\ndata: {train: d/train.json, val: d/val.json, images: d/images, "
+                     "synth: {}}\nsearch:\n  model.backbone: {choice: [resnet18, mobilenetv3_small_100.lamb_in1k]}\n"
+                     "objective: {metric: map50}\nbudget: {num_samples: 2}\n")
+    code = ("import sys; from sweeper.config import load_sweep; from sweeper.tasks import check_sweep; "
+            f"check_sweep(load_sweep({str(sweep)!r})); "
+            "print(sorted(m for m in ('timm', 'torch', 'torchvision', 'huggingface_hub') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "SWEEPER_CACHE_DIR": str(cache)})
+    assert out.stdout.strip() == "[]"

@@ -85,3 +85,29 @@ def test_missing_weights_file_and_pretrained_without_weights(tmp_path: Path) -> 
         build_dbnet({**CFG, "weights": str(tmp_path / "nowhere.pth")})
     with pytest.raises(ValueError, match=r"^model\.pretrained: True needs model\.weights"):
         build_dbnet({**CFG, "weights": None})
+
+
+def _widths(model: torch.nn.Module) -> dict[str, int]:
+    """Output channels of the decoder's laterals / FPN levels and of its last layer, and the head's input."""
+    dec = model.decoder
+    inner = dec.lateral[0][0].out_channels if hasattr(dec, "lateral") else dec.fpn.inner_blocks[0][0].out_channels
+    last = dec.fuse[0][1][0] if hasattr(dec, "fuse") else dec.merge[0]
+    return {"inner": inner, "out": last.out_channels, "head": model.head.prob[0][0].in_channels}
+
+
+@pytest.mark.parametrize("decoder", ["unet", "fpn"])
+def test_decoder_inner_and_output_widths(decoder: str) -> None:
+    """The receipt baseline's 256 inside / 64 out; unset, both are `channels`, built exactly as a
+    one-width decoder (same modules, same initialisation)."""
+    base = {"backbone": "resnet18", "decoder": decoder, "k": 50}
+    model = build_dbnet({**base, "channels": 16, "inner_channels": 32, "out_channels": 8})
+    assert _widths(model) == {"inner": 32, "out": 8, "head": 8}
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out["prob"].shape == (1, 1, 64, 64) and torch.isfinite(out["prob"]).all()
+    torch.manual_seed(0)
+    one_width = build_dbnet({**base, "channels": 16})
+    torch.manual_seed(0)
+    explicit = build_dbnet({**base, "channels": 99, "inner_channels": 16, "out_channels": 16})
+    assert _widths(one_width) == {"inner": 16, "out": 16, "head": 16}
+    a, b = one_width.state_dict(), explicit.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,18 +1,26 @@
-"""Detection models: every arch x neck x backbone builds and runs; config knobs reach the detector."""
+"""Detection models: every arch x neck x backbone builds and runs; config knobs reach the detector;
+torchvision's own detectors build and train as torchvision builds them."""
 from __future__ import annotations
 
 import math
+import re
+import typing
 from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from pydantic import ValidationError
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from sweeper.tasks.detection.losses import fcos_norm_groups
-from sweeper.tasks.detection.model import (ARCHS, NECKS, PathAggregationFPN, build_model,
+from sweeper.tasks.detection import spec
+from sweeper.tasks.detection.losses import (WeightedFCOSHead, WeightedRetinaNetHead, WeightedRoIHeads,
+                                            WeightedRPN, fcos_norm_groups)
+from sweeper.tasks.detection.model import (ARCHS, NECKS, TIMM_ARCHS, TV_ARCHS, PathAggregationFPN, build_model,
                                            get_postprocess, set_postprocess, set_resolution)
+from sweeper.tasks.detection.spec import DetectionModel
 
 BACKBONES = ["resnet18", "mobilenetv3_small_100"]  # a ResNet and a non-ResNet (depthwise, SE, hardswish)
 RES = 96
@@ -35,7 +43,7 @@ def _batch() -> tuple[list[torch.Tensor], list[dict]]:
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("neck", sorted(NECKS))
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", sorted(TIMM_ARCHS))
 def test_build_train_and_eval_forward(arch: str, neck: str, backbone: str) -> None:
     torch.manual_seed(0)
     model = build_model(_cfg(arch, backbone, neck=neck), num_classes=3, resolution=RES, post={"score_thresh": 0.0})
@@ -72,6 +80,105 @@ def test_post_settings_reach_the_detector(arch: str) -> None:
         assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
         assert model.rpn._post_nms_top_n["testing"] == 300
         assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2", "3"]
+
+
+def _tv_cfg(arch: str, **extra) -> dict:
+    return DetectionModel(arch=arch, **extra).model_dump()
+
+
+def _any_cfg(arch: str, **extra) -> dict:
+    return _tv_cfg(arch, **extra) if arch in TV_ARCHS else _cfg(arch, "mobilenetv3_small_100", **extra)
+
+
+def test_arch_names_are_the_schemas() -> None:
+    assert set(typing.get_args(DetectionModel.model_fields["arch"].annotation)) == set(ARCHS)
+    assert set(spec.TV_ARCHS) == set(TV_ARCHS) and not set(TV_ARCHS) & set(TIMM_ARCHS)
+
+
+@pytest.mark.parametrize("arch, cls, sampler", [
+    ("tv_faster_rcnn_v2", FasterRCNN, "roi_heads"), ("tv_retinanet_v2", RetinaNet, "head"), ("tv_fcos", FCOS, "head")])
+def test_torchvision_detectors_build_and_train_as_torchvision_builds_them(arch: str, cls: type, sampler: str) -> None:
+    """torchvision's ResNet-50 FPN detectors, random (weights=None: nothing downloaded), with our
+    classes, resolution and post settings, training one step with size-weighted targets."""
+    post = {"score_thresh": 0.0, "nms_iou": 0.45, "max_dets": 9}
+    torch.manual_seed(0)
+    model = build_model(_tv_cfg(arch, box_batch_size_per_image=16), num_classes=3, resolution=RES, post=post)
+    assert type(model) is cls and get_postprocess(model) == post
+    assert model.transform.min_size == (RES,) and model.transform.max_size == RES
+    body = model.backbone.body
+    assert [type(m).__name__ for m in (body.conv1, body.layer4[2].conv3)] == ["Conv2d", "Conv2d"]
+    assert body.layer4[2].conv3.out_channels == 2048 and model.backbone.out_channels == 256  # ResNet-50, FPN 256
+    assert isinstance(getattr(model, sampler), (WeightedRoIHeads, WeightedRetinaNetHead, WeightedFCOSHead))
+    if arch == "tv_faster_rcnn_v2":
+        assert isinstance(model.rpn, WeightedRPN) and model.roi_heads.box_predictor.cls_score.out_features == 3
+        assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 16  # ours, not torchvision's 512
+    else:
+        assert model.head.classification_head.num_classes == 3
+    images, targets = _batch()
+    targets = [{**t, "weights": torch.full((len(t["labels"]),), 2.0)} for t in targets]
+    model.train()
+    losses = model(images, targets)
+    assert losses and all(math.isfinite(float(v.detach())) for v in losses.values())
+    sum(losses.values()).backward()
+    assert body.conv1.weight.grad is not None  # all layers train (torchvision's choice without weights)
+    model.eval()
+    with torch.no_grad():
+        preds = model(images)
+    assert len(preds) == 2 and all(len(p["boxes"]) <= 9 for p in preds)
+
+
+def test_torchvision_archs_take_only_their_own_backbone_and_neck() -> None:
+    assert DetectionModel(arch="tv_fcos").backbone == "resnet50"  # what runs is what is logged
+    assert DetectionModel(arch="tv_fcos", backbone="resnet50").backbone == "resnet50"
+    for key, value, message in [("backbone", "resnet18", "model.backbone must be 'resnet50'"),
+                                ("neck", "pafpn", "model.neck must be 'fpn'"),
+                                ("fpn_channels", 128, "model.fpn_channels must be 256"),
+                                ("anchor_sizes", [8, 16, 32, 64, 128], "model.anchor_sizes must be None"),
+                                ("weights", "r50.pth", "model.weights must be None (start it from weights with "
+                                                       "model.init_from)")]:
+        with pytest.raises(ValidationError, match=re.escape(f"model.{key}: tv_retinanet_v2 is torchvision's "
+                                                            f"ResNet-50 FPN detector as torchvision builds it: "
+                                                            f"{message}")):
+            DetectionModel(arch="tv_retinanet_v2", **{key: value})
+
+
+#: (schema key, where torchvision keeps it on the built detector, torchvision's default, a tuned value)
+MATCHER_KNOBS = {
+    "faster_rcnn": [("rpn_fg_iou", "rpn.proposal_matcher.high_threshold", 0.7, 0.6),
+                    ("rpn_bg_iou", "rpn.proposal_matcher.low_threshold", 0.3, 0.25),
+                    ("roi_fg_iou", "roi_heads.proposal_matcher.high_threshold", 0.5, 0.6),
+                    ("roi_bg_iou", "roi_heads.proposal_matcher.low_threshold", 0.5, 0.4)],
+    "retinanet": [("anchor_fg_iou", "proposal_matcher.high_threshold", 0.5, 0.55),
+                  ("anchor_bg_iou", "proposal_matcher.low_threshold", 0.4, 0.35)],
+    "fcos": [("center_sampling_radius", "center_sampling_radius", 1.5, 2.5)],  # FCOS has no IoU matcher
+}
+
+
+def _attr(obj: object, dotted: str) -> object:
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+@pytest.mark.parametrize("arch", [*sorted(MATCHER_KNOBS), "tv_faster_rcnn_v2"])
+def test_assignment_knobs_reach_the_matchers(arch: str) -> None:
+    knobs = MATCHER_KNOBS[arch.removeprefix("tv_").removesuffix("_v2")]
+    default = build_model(_any_cfg(arch), num_classes=2, resolution=64)
+    tuned = build_model(_any_cfg(arch, **{key: value for key, _, _, value in knobs}), num_classes=2, resolution=64)
+    for key, where, torchvision_default, value in knobs:
+        assert DetectionModel.model_fields[key].default == torchvision_default, key
+        assert _attr(default, where) == torchvision_default, key  # absent keys: torchvision's own default
+        assert _attr(tuned, where) == value, key
+
+
+@pytest.mark.parametrize("bg, fg", spec.IOU_PAIRS)
+def test_iou_thresholds_are_validated(bg: str, fg: str) -> None:
+    DetectionModel(**{bg: 0.45, fg: 0.45})  # equal: nothing ignored, allowed (the RoI heads' default)
+    with pytest.raises(ValidationError, match=re.escape(f"model.{bg} (0.6) must be <= model.{fg} (0.5)")):
+        DetectionModel(**{bg: 0.6, fg: 0.5})
+    for key, value in [(bg, 0.0), (fg, 1.0)]:
+        with pytest.raises(ValidationError, match=key):
+            DetectionModel(**{key: value})
 
 
 @pytest.mark.parametrize("arch, strides, scale, ratios", [

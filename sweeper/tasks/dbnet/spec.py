@@ -14,10 +14,21 @@ from sweeper.tasks.detection.spec import DetectionTrain
 class DBNetModel(Strict):
     backbone: str = Field("resnet18", description="timm model name (features_only)")
     decoder: Literal["unet", "fpn"] = Field("unet", description="U-Net (receipt baseline) or FPN (DBNet paper)")
-    pretrained: bool = Field(False, description="load backbone weights from `weights` (never downloads)")
-    weights: str | None = Field(None, description="local .pth/.safetensors backbone weights")
-    channels: int = Field(64, ge=8, description="decoder width")
+    pretrained: bool = Field(False, description="start the backbone from weights: `weights`' for it, else "
+                             "timm's own (Hugging Face cache; a download unless HF_HUB_OFFLINE=1)")
+    weights: str | dict[str, str] | None = Field(
+        None, description="local .pth/.safetensors backbone weights: one file, {backbone: file}, or a "
+        "directory of <backbone>.safetensors/.pth")
+    channels: int = Field(64, ge=8, description="decoder width (channels): inner_channels and out_channels "
+                          "unless they are set")
+    inner_channels: int | None = Field(None, ge=8, description="decoder width inside, channels: U-Net laterals "
+                                       "and fusions, FPN levels (the receipt baseline: 256); default `channels`")
+    out_channels: int | None = Field(None, ge=8, description="decoder output width, channels: what the DB head "
+                                     "reads (the receipt baseline: 64); default `channels`")
     k: float = Field(50.0, gt=0, description="differentiable-binarization steepness")
+    init_from: str | None = Field(
+        None, description="start the whole model from a file: a state dict (.pth/.pt/.safetensors), a "
+        "trial_state.pt, or SWEEP_NAME:best; tensors of another shape stay as built")
 
 
 class DBNetTrain(DetectionTrain):

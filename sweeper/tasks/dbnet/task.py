@@ -5,8 +5,9 @@ Contract (see :class:`sweeper.tasks.Task`):
 * ``DBNetTask(config, device)`` loads the UFO or ICDAR-2015 data (:mod:`.data`, polygons
   validated), builds DBNet (:mod:`.model`), the loss (:mod:`.loss`), optimizer and LR schedule
   (:mod:`sweeper.tasks.training`) from the validated trial config (a nested dict is validated
-  into it; :mod:`.spec` holds every default), seeded from ``train.seed``. ``runtime`` says what
-  it resolved: device, AMP on/off, channels_last.
+  into it; :mod:`.spec` holds every default), seeded from ``train.seed``; ``model.init_from``
+  fills the built DBNet from a file (:mod:`sweeper.tasks.init_from`). ``runtime`` says what it
+  resolved: device, AMP on/off, channels_last, and with ``init_from`` what it loaded.
 * ``train_one_epoch(epoch)`` seeds the epoch's data order and trains with
   :func:`~sweeper.tasks.training.run_epoch` -> ``train/loss`` and its terms, ``train/lr``,
   ``train/images_per_s``; a NaN/inf loss raises :class:`~sweeper.tasks.NonFiniteLossError`.
@@ -40,6 +41,8 @@ from sweeper.tasks.dbnet.loss import DBLoss
 from sweeper.tasks.dbnet.model import build_dbnet
 from sweeper.tasks.dbnet.postprocess import polygons_from_prob
 from sweeper.tasks.dbnet.spec import SPEC
+from sweeper.tasks.folds import held_out_for
+from sweeper.tasks.init_from import load_init
 from sweeper.tasks.training import Optimization, best_over_grid, loader_settings, run_epoch, seed_everything
 
 #: the `post` keys an eval grid may sweep (each scored on the same probability maps)
@@ -86,19 +89,27 @@ class DBNetTask:
 
         fmt = cfg.data.format or SPEC.data_formats[0]
         train_images = _load(fmt, cfg.data.train, cfg.data.images)
+        if cfg.data.fold is not None:  # cross-validation: the held-out fold of data.train replaces data.val
+            held = held_out_for([im.name for im in train_images], cfg.data.folds, cfg.data.fold)
+            val_images = [im for im, h in zip(train_images, held) if h]
+            train_images = [im for im, h in zip(train_images, held) if not h]
+        else:
+            val_images = _load(fmt, cfg.data.val, cfg.data.images)
         if train.max_train_images:
             train_images = train_images[: train.max_train_images]
         labels = cfg.labels.model_dump()
         self.train_ds = TextDetDataset(train_images, train.resolution, train=True, hflip=train.hflip, label_cfg=labels)
-        self.val_ds = TextDetDataset(_load(fmt, cfg.data.val, cfg.data.images), train.resolution, train=False,
-                                     hflip=0.0, label_cfg=labels)
+        self.val_ds = TextDetDataset(val_images, train.resolution, train=False, hflip=0.0, label_cfg=labels)
         batch, loader = train.batch_size, loader_settings(train.workers, device=self.device)
         self.generator = torch.Generator()
         self.train_loader = DataLoader(self.train_ds, batch_size=batch, shuffle=True, collate_fn=collate,
                                        generator=self.generator, drop_last=len(self.train_ds) > batch, **loader)
         self.val_loader = DataLoader(self.val_ds, batch_size=batch, shuffle=False, collate_fn=collate, **loader)
 
-        self.model = build_dbnet(cfg.model.model_dump()).to(self.device)
+        self.model = build_dbnet(cfg.model.model_dump(), train.resolution)
+        if cfg.model.init_from:
+            self.runtime["init_from"] = load_init(self.model, cfg.model.init_from).summary()
+        self.model.to(self.device)
         self.loss = DBLoss(**cfg.loss.model_dump())
         self.opt = Optimization(self.model, train, len(self.train_loader), amp=self.use_amp,
                                 cuda=self.device.type == "cuda")

@@ -84,9 +84,10 @@ from sweeper.tasks.detection.augment import (
 )
 from sweeper.tasks.detection.coco_io import (GT_REQUIRED_MINIMAL, CocoFormatError, read_json, record_name,
                                              validate_coco_gt)
+from sweeper.tasks.folds import FoldError, held_out_for
 
-__all__ = ["CocoDetection", "CocoFormatError", "DatasetError", "collate_fn", "make_loader", "mosaic_active",
-           "resolution_at", "set_loader_epoch", "to_original_coords"]
+__all__ = ["CocoDetection", "CocoFormatError", "DatasetError", "coco_fold", "collate_fn", "make_loader",
+           "mosaic_active", "resolution_at", "set_loader_epoch", "to_original_coords"]
 
 
 #: px a box may reach outside its image's width/height before it is reported (rounding noise)
@@ -338,6 +339,27 @@ class CocoDetection(Dataset):
             "orig_size": orig_size,
         }
         return padded, target
+
+def coco_fold(ann_file: str | Path, folds: Any, fold: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A COCO training file split for cross-validation (`data.folds`, `data.fold`): (the other
+    folds, the held-out fold) as COCO dicts holding their images' annotations and every category,
+    for :class:`CocoDetection`'s ``gt`` and the evaluator. Images are split by file name
+    (:mod:`sweeper.tasks.folds`), so every trial and resume holds out the same ones."""
+    path = Path(ann_file)
+    data = read_json(path, "annotation")
+    validate_coco_gt(data, str(path), required=_TRAIN_REQUIRED, name_ids=True)
+    try:
+        held = held_out_for([str(img["file_name"]) for img in data["images"]], folds, fold)
+    except FoldError as exc:
+        raise DatasetError(f"{path}: data.fold: {exc}") from None
+
+    def part(held_out: bool) -> dict[str, Any]:
+        images = [img for img, h in zip(data["images"], held) if h == held_out]
+        ids = {img["id"] for img in images}
+        return {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
+
+    return part(False), part(True)
+
 
 def to_original_coords(boxes: torch.Tensor, scale: float, orig_size: Sequence[int]) -> torch.Tensor:
     """Map xyxy boxes from resized/padded coordinates back to the original image.

@@ -1,4 +1,5 @@
-"""Detection models: torchvision Faster R-CNN / RetinaNet / FCOS on any timm backbone plus an FPN.
+"""Detection models: torchvision Faster R-CNN / RetinaNet / FCOS on any timm backbone plus an FPN, and
+torchvision's own ResNet-50 FPN detectors.
 
 Contract
 --------
@@ -7,7 +8,21 @@ detector (``model.arch`` in :data:`ARCHS`) whose ``num_classes`` includes backgr
 
 * Backbone: ``timm.create_model(model.backbone, features_only=True, out_indices=N)`` keeps the
   last N feature levels (4 for Faster R-CNN: strides 4..32 plus a max-pooled stride-64 level;
-  3 for RetinaNet and FCOS: strides 8..32 plus P6/P7 convolutions, as in their papers).
+  3 for RetinaNet and FCOS: strides 8..32 plus P6/P7 convolutions, as in their papers). Built by
+  :func:`~sweeper.tasks.feature_maps.build_body` for the trial's resolution: transformer backbones
+  (Swin, ViT) take any input size (``resolution_schedule``, ``eval.resolution``), and NHWC feature
+  maps (Swin's) are read as NCHW.
+* ``tv_faster_rcnn_v2``, ``tv_retinanet_v2``, ``tv_fcos`` (:data:`TV_ARCHS`) are torchvision's
+  ``fasterrcnn_resnet50_fpn_v2``, ``retinanet_resnet50_fpn_v2`` and ``fcos_resnet50_fpn`` as
+  torchvision builds them (its ResNet-50, FPN, anchors, heads), with ``weights=None,
+  weights_backbone=None`` (never a download) and our classes, resolution, ``post`` settings, IoU
+  knobs and Faster R-CNN's ``box_batch_size_per_image``: the COCO weights torchvision publishes
+  load into them with ``model.init_from`` (:func:`init_detector`) and fine-tune on a team's classes.
+* Assignment (``model.*``, torchvision's defaults): Faster R-CNN's RPN ``rpn_fg_iou``/``rpn_bg_iou``
+  (0.7/0.3) and RoI heads ``roi_fg_iou``/``roi_bg_iou`` (0.5/0.5); RetinaNet's matcher
+  ``anchor_fg_iou``/``anchor_bg_iou`` (0.5/0.4). FCOS has no IoU matcher: a location is positive when
+  it lies in a box, within ``center_sampling_radius`` (1.5) x its anchor size (the stride) of the
+  box centre, and in the level's size range.
 * Neck (``model.neck``, :data:`NECKS`), ``model.fpn_channels`` wide: ``fpn`` is torchvision's
   ``FeaturePyramidNetwork`` (top-down); ``pafpn`` adds PANet's bottom-up path after it
   (``N_2 = P_2; N_{i+1} = conv3x3(P_{i+1} + conv3x3_stride2(N_i))``, no activations, as mmdet's
@@ -26,14 +41,17 @@ detector (``model.arch`` in :data:`ARCHS`) whose ``num_classes`` includes backgr
 * ``post`` (``score_thresh``, ``nms_iou``, ``max_dets``) sets the detector's postprocessing;
   :func:`set_postprocess` changes it on a built model (the task's eval grid uses it) and
   :func:`get_postprocess` reads it back, for every arch.
-* No downloads, ever: ``model.weights`` is a local backbone file loaded through timm; with
-  ``pretrained: True`` it is required. Loaded backbones get frozen BatchNorm statistics
+* Backbone weights (``model.weights``, ``model.pretrained``: :mod:`sweeper.tasks.weights`) are
+  loaded through timm. Loaded backbones get frozen BatchNorm statistics
   (torchvision does the same for pretrained backbones: batch-4 statistics would wreck them).
   A file that cannot be read (truncated, not a checkpoint) or that does not fill the backbone
   (timm loads backbone weights non-strictly, so another model's state dict would silently leave
   it random) raises ValueError naming the file and a few of the missing/unexpected keys.
   Building, loading and checking the backbone is :func:`.backbones.create_timm_body`, which DBNet
   uses too (the BatchNorm freezing stays in :func:`build_model`).
+* ``model.init_from`` (a state dict or trial checkpoint, :mod:`sweeper.tasks.init_from`) fills the
+  whole built detector: :func:`init_detector`, which the task calls. A backbone it fills gets
+  frozen BatchNorm statistics too, as one filled by ``model.weights``.
 
 Usage::
 
@@ -43,6 +61,8 @@ Usage::
     losses = model(images, targets)        # train mode: dict of losses (targets may carry "weights")
     set_resolution(model, 320)             # now takes 320 x 320 inputs as they are
     model.eval(); preds = model(images)    # list of {"boxes", "scores", "labels"}
+    tv = build_model({"arch": "tv_fcos"}, num_classes=3, resolution=512)   # torchvision's FCOS, random
+    init_detector(tv, "fcos_coco.pth")     # {"loaded": 370, "reinitialised": [<the class head>], ...}
 """
 from __future__ import annotations
 
@@ -55,12 +75,15 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import (FCOS, FasterRCNN, RetinaNet, fasterrcnn_resnet50_fpn_v2,
+                                          fcos_resnet50_fpn, retinanet_resnet50_fpn_v2)
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from sweeper.tasks.backbones import create_timm_body
+from sweeper.tasks.feature_maps import build_body, nchw
+from sweeper.tasks.init_from import load_init
+from sweeper.tasks.weights import loads_weights
 from sweeper.tasks.detection.losses import (WeightedFCOSHead, WeightedRetinaNetHead, WeightedRoIHeads,
                                             WeightedRPN, fcos_norm_groups, set_size_weight_cls)
 
@@ -134,13 +157,13 @@ class TimmFPNBackbone(nn.Module):
         self.strides = [*reductions, *(reductions[-1] * 2 ** (i + 1) for i in range(num_extra))]
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        feats = self.body(x)
+        feats = nchw(self.body, self.body(x))
         return self.fpn(OrderedDict(zip(self.level_names, feats)))
 
 
-def _create_body(model_cfg: Mapping[str, Any], num_levels: int) -> tuple[nn.Module, bool]:
+def _create_body(model_cfg: Mapping[str, Any], num_levels: int, resolution: int) -> tuple[nn.Module, bool]:
     """The last ``num_levels`` feature levels, and whether weights were loaded (their BN is frozen)."""
-    return create_timm_body(model_cfg, out_indices=num_levels), bool(model_cfg.get("weights"))
+    return build_body(model_cfg, resolution, out_indices=num_levels), loads_weights(model_cfg)
 
 
 def _anchors(model_cfg: Mapping[str, Any], strides: list[int], scale: int = 4,
@@ -164,9 +187,33 @@ def _channels(model_cfg: Mapping[str, Any]) -> int:
     return int(model_cfg.get("fpn_channels", 256))
 
 
+def _renamed(values: Mapping[str, Any], names: Mapping[str, str], prefix: str = "") -> dict[str, Any]:
+    """The config's ``values`` under torchvision's ``names`` (None and absent keys: torchvision's default)."""
+    return {prefix + dst: values[src] for src, dst in names.items() if values.get(src) is not None}
+
+
 def _post_kwargs(post: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    names = {"score_thresh": "score_thresh", "nms_iou": "nms_thresh", "max_dets": "detections_per_img"}
-    return {prefix + dst: post[src] for src, dst in names.items() if post.get(src) is not None}
+    return _renamed(post, {"score_thresh": "score_thresh", "nms_iou": "nms_thresh", "max_dets": "detections_per_img"},
+                    prefix)
+
+
+def _two_stage_kwargs(model_cfg: Mapping[str, Any], post: Mapping[str, Any]) -> dict[str, Any]:
+    """Faster R-CNN's sampling, assignment and postprocessing settings from the config."""
+    return {"box_batch_size_per_image": int(model_cfg.get("box_batch_size_per_image") or 512),
+            **_renamed(model_cfg, {"rpn_fg_iou": "rpn_fg_iou_thresh", "rpn_bg_iou": "rpn_bg_iou_thresh",
+                                   "roi_fg_iou": "box_fg_iou_thresh", "roi_bg_iou": "box_bg_iou_thresh"}),
+            **_post_kwargs(post, "box_")}
+
+
+def _retinanet_kwargs(model_cfg: Mapping[str, Any], post: Mapping[str, Any]) -> dict[str, Any]:
+    """RetinaNet's matcher and postprocessing settings from the config."""
+    return {**_renamed(model_cfg, {"anchor_fg_iou": "fg_iou_thresh", "anchor_bg_iou": "bg_iou_thresh"}),
+            **_post_kwargs(post, "")}
+
+
+def _fcos_kwargs(model_cfg: Mapping[str, Any], post: Mapping[str, Any]) -> dict[str, Any]:
+    """FCOS's centre sampling (its analogue of an IoU threshold) and postprocessing from the config."""
+    return {**_renamed(model_cfg, {"center_sampling_radius": "center_sampling_radius"}), **_post_kwargs(post, "")}
 
 
 def _transform_kwargs(body: nn.Module, resolution: int) -> dict[str, Any]:
@@ -179,7 +226,7 @@ def _transform_kwargs(body: nn.Module, resolution: int) -> dict[str, Any]:
 def _faster_rcnn(
     model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
 ) -> tuple[nn.Module, bool]:
-    body, loaded = _create_body(model_cfg, num_levels=4)
+    body, loaded = _create_body(model_cfg, num_levels=4, resolution=resolution)
     backbone = _backbone(body, model_cfg, LastLevelMaxPool(), num_extra=1)
     model = FasterRCNN(
         backbone,
@@ -188,21 +235,24 @@ def _faster_rcnn(
         rpn_anchor_generator=_anchors(model_cfg, backbone.strides),
         rpn_post_nms_top_n_test=RPN_POST_NMS_TOP_N_TEST,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=backbone.level_names, output_size=7, sampling_ratio=2),
-        box_batch_size_per_image=int(model_cfg.get("box_batch_size_per_image") or 512),
-        **_post_kwargs(post, "box_"),
+        **_two_stage_kwargs(model_cfg, post),
     )
-    # FasterRCNN builds its RPN and RoI heads inside __init__ from ~20 settings and takes no
-    # modules for them; the weighted subclasses add only loss code (no parameters, no __init__),
-    # so re-typing the built modules keeps every one of those settings.
+    return _weighted_two_stage(model), loaded
+
+
+def _weighted_two_stage(model: FasterRCNN) -> FasterRCNN:
+    """FasterRCNN builds its RPN and RoI heads inside __init__ from ~20 settings and takes no
+    modules for them; the weighted subclasses add only loss code (no parameters, no __init__),
+    so re-typing the built modules keeps every one of those settings."""
     model.rpn.__class__ = WeightedRPN
     model.roi_heads.__class__ = WeightedRoIHeads
-    return model, loaded
+    return model
 
 
 def _retinanet(
     model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
 ) -> tuple[nn.Module, bool]:
-    body, loaded = _create_body(model_cfg, num_levels=3)
+    body, loaded = _create_body(model_cfg, num_levels=3, resolution=resolution)
     ch = _channels(model_cfg)
     backbone = _backbone(body, model_cfg, LastLevelP6P7(ch, ch), num_extra=2)
     anchors = _anchors(model_cfg, backbone.strides)
@@ -212,14 +262,14 @@ def _retinanet(
         **_transform_kwargs(body, resolution),
         anchor_generator=anchors,
         head=WeightedRetinaNetHead(ch, anchors.num_anchors_per_location()[0], num_classes),
-        **_post_kwargs(post, ""),
+        **_retinanet_kwargs(model_cfg, post),
     ), loaded
 
 
 def _fcos(
     model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
 ) -> tuple[nn.Module, bool]:
-    body, loaded = _create_body(model_cfg, num_levels=3)
+    body, loaded = _create_body(model_cfg, num_levels=3, resolution=resolution)
     ch = _channels(model_cfg)
     backbone = _backbone(body, model_cfg, LastLevelP6P7(ch, ch), num_extra=2)
     return FCOS(
@@ -228,16 +278,56 @@ def _fcos(
         **_transform_kwargs(body, resolution),
         anchor_generator=_anchors(model_cfg, backbone.strides, scale=1, ratios=(1.0,)),
         head=WeightedFCOSHead(ch, 1, num_classes, norm_groups=fcos_norm_groups(ch)),
-        **_post_kwargs(post, ""),
+        **_fcos_kwargs(model_cfg, post),
     ), loaded
 
 
-#: model.arch -> builder(model_cfg, num_classes, resolution, post) -> (detector, weights_loaded)
-ARCHS: dict[str, Callable[..., tuple[nn.Module, bool]]] = {
+def _tv(builder: Callable[..., nn.Module], num_classes: int, resolution: int, **kwargs: Any) -> nn.Module:
+    """A torchvision detector as torchvision builds it, random and never downloading, taking
+    ``resolution`` px inputs as they are (torchvision's ImageNet mean/std, as its weights expect)."""
+    return builder(weights=None, weights_backbone=None, num_classes=num_classes, min_size=resolution,
+                   max_size=resolution, **kwargs)
+
+
+def _tv_faster_rcnn_v2(
+    model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
+) -> tuple[nn.Module, bool]:
+    model = _tv(fasterrcnn_resnet50_fpn_v2, num_classes, resolution, **_two_stage_kwargs(model_cfg, post))
+    return _weighted_two_stage(model), False
+
+
+def _tv_retinanet_v2(
+    model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
+) -> tuple[nn.Module, bool]:
+    model = _tv(retinanet_resnet50_fpn_v2, num_classes, resolution, **_retinanet_kwargs(model_cfg, post))
+    model.head.__class__ = WeightedRetinaNetHead  # loss code only (see _weighted_two_stage)
+    return model, False
+
+
+def _tv_fcos(
+    model_cfg: Mapping[str, Any], num_classes: int, resolution: int, post: Mapping[str, Any]
+) -> tuple[nn.Module, bool]:
+    model = _tv(fcos_resnet50_fpn, num_classes, resolution, **_fcos_kwargs(model_cfg, post))
+    model.head.__class__ = WeightedFCOSHead  # loss code only: its __init__ (narrow GroupNorms) is not run
+    return model, False
+
+
+#: torchvision's own detectors: model.backbone, neck, fpn_channels and anchors are theirs (resnet50, fpn, 256)
+TV_ARCHS: dict[str, Callable[..., tuple[nn.Module, bool]]] = {
+    "tv_faster_rcnn_v2": _tv_faster_rcnn_v2,
+    "tv_retinanet_v2": _tv_retinanet_v2,
+    "tv_fcos": _tv_fcos,
+}
+
+#: the built-in detectors, on any timm backbone and neck
+TIMM_ARCHS: dict[str, Callable[..., tuple[nn.Module, bool]]] = {
     "faster_rcnn": _faster_rcnn,
     "retinanet": _retinanet,
     "fcos": _fcos,
 }
+
+#: model.arch -> builder(model_cfg, num_classes, resolution, post) -> (detector, weights_loaded)
+ARCHS: dict[str, Callable[..., tuple[nn.Module, bool]]] = {**TIMM_ARCHS, **TV_ARCHS}
 
 
 def build_model(
@@ -263,6 +353,18 @@ def build_model(
         timm.layers.freeze_batch_norm_2d(model.backbone.body)
     set_size_weight_cls(model, bool((loss_cfg or {}).get("size_weight_cls", False)))
     return model
+
+
+def init_detector(model: nn.Module, path: str) -> dict[str, Any]:
+    """Fill a built detector from ``model.init_from`` (see :mod:`sweeper.tasks.init_from`) and
+    return what was loaded, for the task's ``runtime``. A backbone body it fills gets frozen
+    BatchNorm statistics, as one filled by ``model.weights`` (batch-4 statistics would wreck them)."""
+    report = load_init(model, path)
+    body = {f"backbone.body.{k}" for k in model.backbone.body.state_dict()}
+    frozen = bool(body & set(report.loaded))
+    if frozen:
+        timm.layers.freeze_batch_norm_2d(model.backbone.body)
+    return {**report.summary(), "frozen_batch_norm": frozen}
 
 
 def set_resolution(model: nn.Module, resolution: int) -> None:

@@ -7,24 +7,78 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sweeper.registry import Strict, TaskSpec, TrainBase
 
 
+#: torchvision's own ResNet-50 FPN detectors (sweeper.tasks.detection.model.TV_ARCHS) and what is theirs
+TV_ARCHS = ("tv_faster_rcnn_v2", "tv_retinanet_v2", "tv_fcos")
+TV_FIXED: dict[str, Any] = {"backbone": "resnet50", "neck": "fpn", "fpn_channels": 256, "anchor_sizes": None,
+                            "pretrained": False, "weights": None}
+#: (background, foreground) IoU keys: 0 < bg <= fg < 1 (IoUs in between are ignored by the matcher)
+IOU_PAIRS = (("rpn_bg_iou", "rpn_fg_iou"), ("roi_bg_iou", "roi_fg_iou"), ("anchor_bg_iou", "anchor_fg_iou"))
+
+
+def _iou(default: float, what: str) -> Any:
+    return Field(default, gt=0, lt=1, description=f"IoU (0-1) {what}; torchvision's default {default}")
+
+
 class DetectionModel(Strict):
-    arch: Literal["faster_rcnn", "retinanet", "fcos"] = Field(
-        "faster_rcnn", description="torchvision detector: two-stage faster_rcnn, one-stage retinanet or fcos")
+    arch: Literal["faster_rcnn", "retinanet", "fcos", "tv_faster_rcnn_v2", "tv_retinanet_v2", "tv_fcos"] = Field(
+        "faster_rcnn", description="torchvision detector on the timm backbone: two-stage faster_rcnn, one-stage "
+        "retinanet or fcos; or torchvision's own ResNet-50 FPN detectors as torchvision builds them "
+        "(fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn_v2, fcos_resnet50_fpn; backbone resnet50, neck "
+        "fpn, 256 channels, their anchors), for COCO weights through init_from")
     neck: Literal["fpn", "pafpn"] = Field("fpn", description="feature pyramid: fpn (top-down) or pafpn "
                                           "(FPN plus a bottom-up path aggregation path)")
     backbone: str = Field("resnet18", description="timm model name (features_only)")
-    pretrained: bool = Field(False, description="load backbone weights from `weights` (never downloads)")
-    weights: str | None = Field(None, description="local .pth/.safetensors backbone weights")
+    pretrained: bool = Field(False, description="start the backbone from weights: `weights`' for it, else "
+                             "timm's own (Hugging Face cache; a download unless HF_HUB_OFFLINE=1)")
+    weights: str | dict[str, str] | None = Field(
+        None, description="local .pth/.safetensors backbone weights: one file, {backbone: file}, or a "
+        "directory of <backbone>.safetensors/.pth")
     fpn_channels: int = Field(256, ge=8, description="FPN width (channels)")
     anchor_sizes: list[int] | None = Field(None, description="px per FPN level; default 4 x stride")
     box_batch_size_per_image: int = Field(128, ge=1, description="Faster R-CNN ROIs sampled per image")
+    rpn_fg_iou: float = _iou(0.7, "from which an anchor is an RPN foreground sample (Faster R-CNN)")
+    rpn_bg_iou: float = _iou(0.3, "below which an anchor is an RPN background sample (Faster R-CNN)")
+    roi_fg_iou: float = _iou(0.5, "from which a proposal is a foreground RoI sample (Faster R-CNN)")
+    roi_bg_iou: float = _iou(0.5, "below which a proposal is a background RoI sample (Faster R-CNN)")
+    anchor_fg_iou: float = _iou(0.5, "from which an anchor is foreground (RetinaNet's matcher)")
+    anchor_bg_iou: float = _iou(0.4, "below which an anchor is background (RetinaNet's matcher)")
+    center_sampling_radius: float = Field(
+        1.5, gt=0, description="FCOS, which has no IoU matcher: a location inside a box is a positive when "
+        "within this many strides of its centre; torchvision's default 1.5")
+    init_from: str | None = Field(
+        None, description="start the whole model from a file: a state dict (.pth/.pt/.safetensors, e.g. "
+        "torchvision's COCO detector), a trial_state.pt, or SWEEP_NAME:best; tensors of another shape (the "
+        "class head) stay as built")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tv_backbone(cls, data: Any) -> Any:
+        """torchvision's detectors are ResNet-50s: an unset backbone says so, so that the logged
+        config is the model that ran."""
+        if isinstance(data, Mapping) and data.get("arch") in TV_ARCHS and "backbone" not in data:
+            return {**data, "backbone": TV_FIXED["backbone"]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DetectionModel:
+        for bg, fg in IOU_PAIRS:
+            if getattr(self, bg) > getattr(self, fg):
+                raise ValueError(f"model.{bg} ({getattr(self, bg)}) must be <= model.{fg} ({getattr(self, fg)})")
+        if self.arch in TV_ARCHS:
+            for key, value in TV_FIXED.items():
+                if getattr(self, key) != value:
+                    hint = " (start it from weights with model.init_from)" if key in ("pretrained", "weights") else ""
+                    raise ValueError(f"model.{key}: {self.arch} is torchvision's ResNet-50 FPN detector as "
+                                     f"torchvision builds it: model.{key} must be {value!r}{hint}")
+        return self
 
 
 class DetectionTrain(TrainBase):

@@ -6,7 +6,9 @@ Contract (see :class:`sweeper.tasks.Task`)
   the optimizer and a per-iteration LR schedule from the validated trial config (``data.*``,
   ``model.*``, ``train.*``, ``post.*``, ``eval_grid``; a nested dict is validated into it, so the
   schema in :mod:`.spec` holds every default), after seeding python/numpy/torch from ``train.seed``.
-  ``runtime`` says what it resolved: device, AMP on/off, channels_last.
+  ``model.init_from`` fills the built detector from a file (:func:`.model.init_detector`).
+  ``runtime`` says what it resolved: device, AMP on/off, channels_last, and with ``init_from`` what
+  it loaded (``runtime["init_from"]``: file, loaded count, re-initialised / missing / unexpected names).
 * ``train_one_epoch(epoch)`` sets the epoch's resolution and data order, then trains with
   :func:`~sweeper.tasks.training.run_epoch` -> ``train/loss`` (mean over the epoch's steps),
   ``train/lr`` (the last step's LR), ``train/images_per_s`` and the mean of each loss term
@@ -52,13 +54,14 @@ from sweeper.tasks.detection.coco_io import read_json
 from sweeper.tasks.detection.confusion import confusion_from_coco, write_confusion
 from sweeper.tasks.detection.data import (
     CocoDetection,
+    coco_fold,
     make_loader,
     resolution_at,
     set_loader_epoch,
     to_original_coords,
 )
 from sweeper.tasks.detection.losses import size_bucket_weights
-from sweeper.tasks.detection.model import build_model, set_postprocess, set_resolution
+from sweeper.tasks.detection.model import build_model, init_detector, set_postprocess, set_resolution
 from sweeper.tasks.detection.spec import SPEC
 
 #: eval_grid keys that can be scored from one forward pass (filters on kept detections; NMS is
@@ -84,12 +87,17 @@ class DetectionTask:
         seed_everything(train.seed)
 
         self.eval_resolution = cfg.eval.resolution or train.resolution
+        train_gt, val_file = None, cfg.data.val
+        if cfg.data.fold is not None:  # cross-validation: the held-out fold of data.train replaces data.val
+            train_gt, self.val_gt = coco_fold(cfg.data.train, cfg.data.folds, cfg.data.fold)
+            val_file = cfg.data.train
+        else:
+            self.val_gt = read_json(cfg.data.val, "annotation")  # parsed once: the val dataset and the evaluator
         self.train_ds = CocoDetection(
             cfg.data.train, cfg.data.images, resolution=train.resolution, hflip=train.hflip, train=True,
-            max_images=train.max_train_images, augment=cfg.augment.model_dump(), seed=train.seed,
+            max_images=train.max_train_images, augment=cfg.augment.model_dump(), seed=train.seed, gt=train_gt,
         )
-        self.val_gt = read_json(cfg.data.val, "annotation")  # parsed once: the val dataset and the evaluator
-        self.val_ds = CocoDetection(cfg.data.val, cfg.data.images, resolution=self.eval_resolution, gt=self.val_gt)
+        self.val_ds = CocoDetection(val_file, cfg.data.images, resolution=self.eval_resolution, gt=self.val_gt)
         self.train_ds.check_categories(self.val_ds)
         loader = loader_settings(train.workers, device=self.device)
         self.train_loader = make_loader(self.train_ds, batch_size=train.batch_size, shuffle=True, seed=train.seed,
@@ -99,6 +107,8 @@ class DetectionTask:
 
         self.model = build_model(cfg.model.model_dump(), len(self.train_ds.categories) + 1, train.resolution,
                                  cfg.post.model_dump(), loss_cfg=cfg.loss.model_dump())
+        if cfg.model.init_from:
+            self.runtime["init_from"] = init_detector(self.model, cfg.model.init_from)
         self.model.to(self.device)
         if self.runtime["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
