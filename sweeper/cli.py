@@ -108,7 +108,7 @@ def _plan_table(sweep: Sweep) -> str:
     if spec.ablation is None or spec.eval_grid:
         c.print(t)
     if spec.ablation is not None:
-        _print_ablation(c, sweep, flat)
+        _print_ablation(c, sweep)
     fixed = Table(title="fixed (base)")
     fixed.add_column("key")
     fixed.add_column("value")
@@ -176,7 +176,7 @@ def _objectives(sweep: Sweep) -> str:
                    if len(sweep.objectives) > 1 else "")
 
 
-def _print_ablation(c: Console, sweep: Sweep, flat: dict[str, Any]) -> None:
+def _print_ablation(c: Console, sweep: Sweep) -> None:
     """Variant x changed keys x seeds: what differs from the baseline, and nothing else."""
     abl = sweep.spec.ablation
     assert abl is not None
