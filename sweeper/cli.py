@@ -6,8 +6,10 @@
     sweeper eval --task detection --gt GT.json --pred PRED.json [--area-range tiny=0,16] [--backend B]
     sweeper tasks
     sweeper report NAME [--out DIR]
+    sweeper diagnose NAME [--format table|json] [--workers 2]
     sweeper ui [NAME] [--port 5000] [--open]
     sweeper resume RUN_DIR_OR_NAME
+    sweeper confirm NAME [--top 3] [--seeds 3] [--dry-run] [--address auto] [--fresh]
     sweeper data synth --task detection --out DIR [--images N --size S --seed K]
     sweeper data stats DATASET [--thresholds 32,96] [--plot sizes.png] [--format table|json]
 
@@ -122,7 +124,11 @@ def _plan_table(sweep: Sweep) -> str:
     max_t = sweep.max_t
     trials = sweep.num_trials
     unit = spec.command.time_unit if spec.command is not None else "epoch"  # what ASHA and max_t count
-    if sched.name == "asha" and unit == "step":
+    from sweeper.config import time_budget
+
+    if sched.name == "asha" and sched.time_attr == "time_total_s":
+        plan = time_budget.scheduler_plan(spec)
+    elif sched.name == "asha" and unit == "step":
         # a script on steps reports every so many steps: a rung judges its first report at or after it
         marks, k = [], 0
         while (mark := sched.grace_period * sched.reduction_factor ** k) < max_t:
@@ -130,6 +136,13 @@ def _plan_table(sweep: Sweep) -> str:
             k += 1
         plan = (f"ASHA on `step`: rungs at steps [{', '.join(marks)}], each judging a trial's first report at or "
                 f"after it (keep top 1/{sched.reduction_factor:g}), max_t {max_t} steps")
+    elif sched.name == "asha" and sched.promote:
+        from sweeper.rungs import promotion_rungs
+
+        rungs = promotion_rungs(sched.grace_period, sched.reduction_factor, max_t)
+        plan = (f"ASHA (promotion) on `epoch`: a trial pauses at epochs {rungs or [max_t]} (checkpointed, its worker "
+                f"freed) and resumes when in the top 1/{sched.reduction_factor:g} of that rung; new trials start "
+                f"only when none is promotable; max_t {max_t}")
     elif sched.name == "asha":
         from sweeper.rungs import asha_rungs
 
@@ -148,7 +161,19 @@ def _plan_table(sweep: Sweep) -> str:
     else:
         c.print(f"search: {spec.search_alg.name}" + (f" ({spec.search_alg.sampler})" if spec.search_alg.name == "optuna" else "")
                 + f", seed {spec.search_alg.seed}; objective: {_objectives(sweep)}")
+        from sweeper.warm_start import plan_lines
+
+        try:
+            for line in plan_lines(sweep):  # start points, imported trials, constraints
+                c.print(line, highlight=False, markup=False, soft_wrap=True)
+        except SweepConfigError as exc:
+            _fail(exc)
     c.print(f"scheduler: {plan}")
+    raw_sched = sweep.raw.get("scheduler") if isinstance(sweep.raw.get("scheduler"), dict) else {}
+    if sched.name == "asha" and raw_sched.get("grace_period", "auto") == "auto":
+        from sweeper.config.grace import explain_auto
+
+        c.print(f"grace period: auto = {explain_auto(sweep)}", highlight=False, markup=False)
     es = spec.early_stopping
     if es is not None:
         c.print(f"early stopping: a trial ends after {es.patience} evaluations in a row that do not improve its "
@@ -158,10 +183,20 @@ def _plan_table(sweep: Sweep) -> str:
     else:
         c.print("early stopping: none (early_stopping: {patience: N} ends trials that stop improving)")
     c.print(f"budget: {trials} trials, at most {trials * max_t} trial-{unit}s"
-            + (f" (ASHA stops most trials at {sched.grace_period} {unit}s)" if sched.name == "asha" else "")
+            + (f" (ASHA stops most trials at {sched.grace_period} {unit}s)"
+               if sched.name == "asha" and sched.time_attr == "epoch" else "")
             + f"; {conc} at once (local machine: {cpus} CPUs), {spec.budget.max_failures} retries per trial")
+    import time
+
+    for line in time_budget.plan_lines(spec, time.time()):  # budget.time_limit, budget.trial_time_limit
+        c.print(line, highlight=False, markup=False)
     c.print(f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU")
     c.print(f"storage: {redact_uri(sweep.experiment_dir)}\ntracking: {redact_uri(spec.tracking.uri)}")
+    if spec.notify is not None:  # the webhook's path is its secret: never printed
+        from sweeper.config import redact_webhook
+
+        c.print(f"notify: {redact_webhook(spec.notify.webhook)} on {', '.join(spec.notify.on)}",
+                highlight=False, markup=False)
     if spec.command is not None:
         keys = [spec.command.time_key] if isinstance(spec.command.time_key, str) else spec.command.time_key
         c.print(f"time: {unit}s (command.time_key), read from each record's {' or '.join(f'`{k}`' for k in keys)}",
@@ -221,6 +256,9 @@ def launch(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan; run nothing."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster ('auto' or host:port)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: move an existing experiment of this name aside."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Also show Ray's own trial tables "
+                                "(-vv: every result); by default a compact live view, or one line per trial "
+                                "event when the output is not a terminal."),
 ) -> None:
     """Run a sweep: Optuna proposes, ASHA stops weak trials, MLflow records every trial."""
     sweep = _load(sweep_file, set_, check_data=False)  # paths are checked once data exists (_run)
@@ -230,12 +268,13 @@ def launch(
         return
     from shlex import quote  # a URI keeps its ?query at the end; quoted for the shell
 
-    _run(sweep, sweep_file, address=address, fresh=fresh,
+    _run(sweep, sweep_file, address=address, fresh=fresh, verbose=verbose,
          continue_cmd=f"sweeper resume {quote(sweep.experiment_dir)}")
 
 
-def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, continue_cmd: str) -> None:
-    from sweeper import runner, tasks
+def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, continue_cmd: str,
+         verbose: int = 0) -> None:
+    from sweeper import runner, tasks, warm_start
     from sweeper.checkpoints import resolve_checkpoint_refs
 
     try:
@@ -243,7 +282,9 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
         check_paths(sweep)  # the data now exists (generated if the sweep asks): check it
         sweep = resolve_checkpoint_refs(sweep)  # `NAME:best` -> the checkpoint file, before any trial
         _check_tracking(sweep)
-        outcome = runner.launch(sweep, address=address, fresh=fresh, preflight=lambda: tasks.check_sweep(sweep))
+        warm_start.load(sweep)  # `search.warm_start` names sweeps the store holds, sharing keys: before any trial
+        outcome = runner.launch(sweep, address=address, fresh=fresh, verbose=verbose,
+                                preflight=lambda: tasks.check_sweep(sweep))
     except SweepConfigError as exc:
         _fail(exc)
     console.print(f"\n[bold]{outcome.name}[/]: {outcome.finished} finished, {outcome.stopped} stopped early "
@@ -256,6 +297,14 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
                           "leaderboard above and in each trial's MLflow run (error.txt). Fix the cause and "
                           f"start again: sweeper launch {sweep_file} --fresh", highlight=False)
         raise typer.Exit(1)
+    if outcome.time_limit_reached:  # a planned end, not a failure: exit 0
+        from sweeper.durations import format_duration
+
+        limit = format_duration(sweep.spec.budget.time_limit or 0)
+        console.print(f"[yellow]time limit reached[/] (budget.time_limit {limit}): running trials checkpointed their "
+                      f"last epoch and stopped; nothing failed. To continue them (another {limit}): {continue_cmd}",
+                      highlight=False)
+        return
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/]: to continue: {continue_cmd}", highlight=False)
         raise typer.Exit(130)
@@ -276,6 +325,8 @@ def resume(
     run: str = typer.Argument(..., help="Experiment directory (runs/NAME), sweep name under ./runs, "
                               "or the experiment URI (s3://bucket/prefix/NAME)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster ('auto' or host:port)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Also show Ray's own trial tables "
+                                "(-vv: every result)."),
 ) -> None:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from
     their last checkpoint, MLflow runs continue in place."""
@@ -294,7 +345,94 @@ def resume(
         _fail(exc)
     if sweep.experiment_dir != exp_dir:
         _fail(LookupError(f"{exp_dir} does not match the sweep file's storage/name ({sweep.experiment_dir})"))
-    _run(sweep, sweep_file, address=address, fresh=False, continue_cmd=f"sweeper resume {run}")
+    _run(sweep, sweep_file, address=address, fresh=False, continue_cmd=f"sweeper resume {run}", verbose=verbose)
+
+
+@app.command()
+def confirm(
+    name: str = typer.Argument(..., help="The search to confirm (its sweep name)."),
+    top: int = typer.Option(3, "--top", help="Re-run the K best configurations (finished trials, best first)."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per configuration (0..N-1, the task's seed key); at least 2."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the configurations and the plan; run nothing."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster ('auto' or host:port)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start the confirmation over (moves NAME-confirm aside)."),
+    tracking_uri: str = typer.Option(DEFAULT_TRACKING, "--tracking-uri", help="MLflow store to look NAME up in "
+                                     "when runs/NAME is not in this directory."),
+) -> None:
+    """Re-run a search's K best configurations with N seeds each (FIFO, full epochs, same data) as
+    the sweep NAME-confirm; print mean ± 95% CI per configuration, the paired test of each against
+    the winner and whether the winner is distinguishable (Holm-adjusted)."""
+    from sweeper import confirm as confirming
+    from sweeper.config import resolve_tracking_uri
+
+    try:
+        plan = confirming.plan(name, top, seeds, resolve_tracking_uri(tracking_uri, Path.cwd()))
+    except SweepConfigError as exc:
+        _fail(exc)
+    _print_candidates(plan)
+    if dry_run:
+        print(_plan_table(plan.sweep))
+        console.print(f"dry run: nothing was started ({plan.file} holds the confirm sweep).", highlight=False)
+        return
+    try:
+        _run(plan.sweep, plan.file, address=address, fresh=fresh,
+             continue_cmd=f"sweeper confirm {name} --top {top} --seeds {seeds}")
+    finally:
+        try:
+            confirming.record(plan)  # tags and confirm.json, also after an interruption
+        except Exception as exc:  # noqa: BLE001 - the trials ran; a failed tag must not hide that
+            err_console.print(f"warning: could not tag the confirm runs in MLflow: {exc}", highlight=False)
+    _print_confirm(plan, confirming.results(plan))
+
+
+def _print_candidates(plan: Any) -> None:
+    """The configurations a confirm launch re-runs, as the search ranked them."""
+    objective = plan.board["objective"]
+    rows = [{"rank": c.rank, "variant": c.variant, "trial": c.trial, f"search {objective}": c.value, **c.params}
+            for c in plan.candidates]
+    columns = ["rank", "variant", "trial", f"search {objective}", *plan.candidates[0].params]
+    console.print(f"{plan.name}: the {len(rows)} best finished configurations, each re-run with {plan.seeds} seeds "
+                  f"as {plan.sweep.name}", highlight=False)
+    print(render_rows(rows, columns, Fmt.table))
+
+
+def _print_confirm(plan: Any, rows: list[dict[str, Any]]) -> None:
+    """Mean ± 95% CI per configuration, each against the winner (paired t by seed, Holm), the verdict."""
+    from sweeper.confirmed import ALPHA, distinguishable, half_width
+
+    objective = plan.board["objective"]
+    console.print(f"\n[bold]{plan.name}[/]: {objective} at the last epoch over seeds, winner first "
+                  f"(paired t-test by seed against the winner, Holm-adjusted over {max(len(rows) - 1, 0)} "
+                  f"comparisons, alpha {ALPHA:g})", highlight=False)
+    for r in rows:
+        head = f"rank {r['rank']} (trial {r['trial']}, {r['variant']}): "
+        if r["n"] == 0:
+            console.print(head + "no finished seed", highlight=False)
+            continue
+        half = half_width(r)
+        line = head + f"{objective} {r['mean']:.4f}" + (f" ± {half:.4f}" if half is not None else "") + \
+            f" (95% CI, n={r['n']} seeds)"
+        if r.get("winner"):
+            line += ", winner"
+        elif r.get("p") is not None:
+            ci = (f" [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]"
+                  if r["diff_ci_low"] is not None and r["diff_ci_high"] is not None else "")
+            line += (f"; vs winner {r['diff']:+.4f}{ci}, {r['test'] or 'no test'} p={_fmt(r['p'])} "
+                     f"p_holm={_fmt(r['p_holm'])}: {'worse' if r['significant'] else 'not distinguishable'}")
+        console.print(line, highlight=False)
+    verdict = distinguishable(rows)
+    winner = rows[0] if rows and rows[0]["n"] else None
+    if verdict is None:
+        console.print("verdict: cannot tell yet (needs two configurations with finished seeds)", highlight=False)
+    elif verdict:
+        console.print(f"verdict: rank {winner['rank']} (trial {winner['trial']}) is distinguishably the best: every "
+                      f"other configuration is worse, Holm-adjusted p < {ALPHA:g}", highlight=False)
+    else:
+        tied = ", ".join(str(r["rank"]) for r in rows[1:] if r["n"] and not r["significant"])
+        console.print(f"verdict: rank {winner['rank']} (trial {winner['trial']}) is not distinguishable from rank "
+                      f"{tied} at alpha {ALPHA:g} after Holm: more seeds, or treat them as equals", highlight=False)
+    console.print(f"leaderboard: sweeper leaderboard {plan.name} (confirmed configurations first); report: "
+                  f"sweeper report {plan.sweep.name}", highlight=False)
 
 
 @app.command()
@@ -312,6 +450,9 @@ def validate(
         tasks.check_sweep(sweep)
         resolve_checkpoint_refs(sweep)  # `NAME:best`: that sweep exists, ran this task, has a checkpoint
         _check_tracking(sweep)
+        from sweeper.warm_start import load as warm_start_trials
+
+        warm_start_trials(sweep)  # `search.warm_start`: those sweeps exist and share searched keys
     except SweepConfigError as exc:
         _fail(exc)
     what = (f"{len(sweep.variants)} variants x {len(sweep.spec.ablation.seed_values)} seeds" if sweep.spec.ablation
@@ -385,10 +526,16 @@ def _show_board(board: dict[str, Any], top: int | None, fmt: Fmt, group: str | N
         return
     rows = board["rows"][:top] if top else board["rows"]
     tags = ["variant", "seed"] if board.get("ablation") else []
-    fixed = ["trial", "status", *tags, "epoch", board["objective"], *board.get("secondary", []), *board["searched"]]
+    from sweeper.confirmed import COLUMNS as CONFIRMED  # `sweeper confirm`'s mean ± CI over seeds, when it ran
+
+    confirmed = list(CONFIRMED) if board.get("confirmed") else []
+    feasible = ["feasible"] if board.get("constraints") else []  # `constraints`: true / false per trial
+    fixed = ["trial", "status", *feasible, *tags, "epoch", board["objective"], *confirmed, *board.get("secondary", []),
+             *board["searched"]]
     present = set(k for r in rows for k in r)
     extra = [k for k in board.get("columns", []) if k in present and k not in fixed]
     extra += sorted(k for k in present if k.startswith("best/") and k not in fixed)
+    extra += [k for k in ("time_total_s", "gpu_seconds") if k in present and k not in extra]  # training time
     columns = fixed + extra + ["error"]
     if fmt == Fmt.csv:  # for scripts: every metric
         columns = fixed + sorted(present - set(fixed) - {"error", "run_id"}) + ["error", "run_id"]
@@ -396,6 +543,14 @@ def _show_board(board: dict[str, Any], top: int | None, fmt: Fmt, group: str | N
         print(json.dumps({**board, "rows": rows}, indent=2, default=str))
         return
     title = f"{name}: best {board['mode']} {board['objective']} first"
+    if feasible:
+        from sweeper.constraints import describe
+        from sweeper.schema import Constraint
+
+        title += f", feasible ({describe([Constraint(**c) for c in board['constraints']])}) before infeasible"
+    if confirmed:
+        title = (f"{name}: confirmed configurations first (mean ± 95% CI of {board['objective']} at the last epoch "
+                 f"over seeds, sweeper confirm), then best {board['mode']} {board['objective']} first")
     print(render_rows(rows, columns, fmt, title))
 
 
@@ -421,9 +576,11 @@ def report(
     name: str = typer.Argument(..., help="Sweep name (the MLflow experiment)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default reports/NAME)."),
     tracking_uri: str = typer.Option(DEFAULT_TRACKING, "--tracking-uri", help="MLflow store."),
+    replay: bool = typer.Option(False, "--replay", help="In \"Can early stopping be trusted?\", also replay "
+                                "the curves through ASHA (as `sweeper diagnose` does; loads Ray)."),
 ) -> None:
     """Write reports/NAME/report.md and report.html (ablation table with CIs and tests, curves,
-    importances, Pareto front) and log them to the sweep's parent MLflow run."""
+    importances, Pareto front, early-stopping diagnosis) and log them to the sweep's parent MLflow run."""
     from sweeper import store
     from sweeper.config import resolve_tracking_uri
 
@@ -439,10 +596,60 @@ def report(
         _fail(exc)
     from sweeper.reporting import write_report
 
-    paths = write_report(data, out_dir, progress)
+    paths = write_report(data, out_dir, progress, replay=replay)
     store.log_report(uri, data["parent_run_id"], out_dir)
     console.print(f"wrote {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures); "
                   f"also logged to MLflow run {data['parent_run_id']} under report/", highlight=False)
+
+
+@app.command()
+def diagnose(
+    name: str = typer.Argument(..., help="Sweep name (the MLflow experiment): a finished, pilot or partial sweep."),
+    fmt: EvalFmt = typer.Option(EvalFmt.table, "--format", help="table or json."),
+    tracking_uri: str = typer.Option(DEFAULT_TRACKING, "--tracking-uri", help="MLflow store."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Trials at a time in the replay."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the bootstrap and the replay's arrival orders."),
+) -> None:
+    """Can early stopping be trusted? Per epoch, Spearman's rho of the objective with the final one
+    (bootstrap 95% CI), the epoch ranks settle, and the ASHA grace period and reduction factor it
+    recommends, with the compute and regret of replaying this sweep's curves through ASHA."""
+    from sweeper import diagnosis, store
+    from sweeper.config import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        _fail(LookupError(f"no MLflow store at {uri[len('sqlite:///'):]}: run from the directory you "
+                          "launched in, or pass --tracking-uri"))
+    try:
+        data = store.objective_curves(uri, name)
+        curves = {t["trial"] or t["run_id"]: diagnosis.curve_from_history(t["history"]) for t in data["trials"]}
+        d = diagnosis.diagnose(curves, data["objective"], data["mode"], max_t=data["max_t"], workers=workers,
+                               seed=seed)
+    except (LookupError, diagnosis.DiagnosisError) as exc:
+        _fail(exc if isinstance(exc, LookupError) else diagnosis.DiagnosisError(f"sweep {name!r}: {exc}"))
+    if fmt == EvalFmt.json:
+        print(json.dumps({"name": name, **d.to_dict()}, indent=2))
+        return
+    c = Console(soft_wrap=True)
+    c.print(f"{name}: {d.trials} trials, {d.metric} ({d.mode}), reference epoch {d.reference_epoch} "
+            f"({d.reference_trials} trials reached it, {d.truncated} truncated)", highlight=False)
+    ranks = Table(title=f"Spearman rho of each epoch's {d.metric} with epoch {d.reference_epoch}'s")
+    for col in ("epoch", "n", "rho", "95% CI", ""):
+        ranks.add_column(col)
+    for row in diagnosis.rank_rows(d):
+        ranks.add_row(*row)
+    c.print(ranks)
+    if d.candidates:
+        table = Table(title=f"ASHA replayed on these curves (median over {d.candidates[0].orders} arrival orders, "
+                            f"{d.candidates[0].workers} workers)")
+        for col in ("grace", "factor", "compute", "regret", "regret p90", ""):
+            table.add_column(col)
+        for row in diagnosis.candidate_rows(d):
+            table.add_row(*row)
+        c.print(table)
+    for note in d.notes:
+        c.print(f"- {note}", highlight=False, markup=False)
+    c.print(diagnosis.verdict(d), highlight=False, markup=False, style="bold")
 
 
 @app.command()

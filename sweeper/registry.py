@@ -84,6 +84,13 @@ class TaskSpec:
     path_keys: tuple[str, ...] = ()  # `base` keys holding file paths (made absolute, checked to exist)
     checkpoint_keys: tuple[str, ...] = ()  # keys starting the model from a file or `SWEEP_NAME:best`
     open_keys: bool = False  # `base` is the script's own (command): any key, any metric
+    # "module:function(ann, images, *, split, format) -> None": reads one data split as a trial
+    # will, before dispatch (no torch); raises ValueError naming the data file and record
+    check_data: str | None = None
+    # "module:function(metric, configs, categories) -> str | None": why no trial could report
+    # `metric` (an `objective` or `constraints` metric), given every trial config a sweep can make
+    # and the dataset's class names (None before the data is read); None when it is reportable
+    check_objective: str | None = None
 
     def load_task(self) -> type:
         """The task class (imports its torch code)."""
@@ -93,6 +100,14 @@ class TaskSpec:
         if self.evaluator is None:
             raise LookupError(f"task {self.name!r} has no evaluator for `sweeper eval`")
         return _import(self.evaluator)
+
+    def data_checker(self) -> Callable[..., None] | None:
+        """The task's pre-dispatch data check (see `check_data`), None when it has none."""
+        return None if self.check_data is None else _import(self.check_data)
+
+    def objective_checker(self) -> Callable[..., str | None] | None:
+        """The task's check that a metric is reportable (see `check_objective`), None when it has none."""
+        return None if self.check_objective is None else _import(self.check_objective)
 
     def synthesizer(self) -> Callable[..., dict[str, Any]]:
         if self.synthesize is None:

@@ -7,7 +7,9 @@ list of blocks, so they always hold the same information.
 
 The sweep's results arrive already fetched (``data``, a JSON-like dict built by the caller from
 MLflow / Ray), so this module imports neither and its tests stay fast. Statistics come from
-`sweeper.stats`; the numbers in the ablation table are exactly `stats.ablation_table`'s.
+`sweeper.stats`; the numbers in the ablation table are exactly `stats.ablation_table`'s. The
+early-stopping section is `sweeper.diagnosis`'s; only `write_report(..., replay=True)` replays
+the curves through Ray's ASHA (`sweeper.replay`).
 Output is deterministic for the same input, except the "Generated" line of the header.
 
     paths = write_report(data, Path("runs/demo/report"), progress=print)
@@ -319,6 +321,59 @@ def _curves_section(data: dict, fig_dir: Path) -> list[Block]:
     note += "; x marks where ASHA stopped a trial." if any(
         t.get("status") == "stopped" for t in trials) else "."
     return blocks + [("figure", path, note)]
+
+
+# ---------------------------------------------------------------- early-stopping diagnosis
+
+
+def _rank_figure(d: Any, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ranks = [r for r in d.ranks if r.rho is not None]
+    epochs = [r.epoch for r in ranks]
+    rhos = [r.rho for r in ranks]
+    low = [r.rho - r.ci_low if r.ci_low is not None else 0.0 for r in ranks]
+    high = [r.ci_high - r.rho if r.ci_high is not None else 0.0 for r in ranks]
+    ax.errorbar(epochs, rhos, yerr=[low, high], marker="o", capsize=4)
+    ax.axhline(d.settings["settle_rho"], color=BASELINE_COLOUR, linestyle="--", linewidth=1)
+    if d.settle_epoch is not None:
+        ax.axvline(d.settle_epoch, color=HIGHLIGHT_COLOUR, linestyle=":", linewidth=1)
+    ax.set_ylim(-1.05, 1.05)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"Spearman rho with epoch {d.reference_epoch}")
+    ax.set_title("rank correlation with the reference epoch (95% CI)")
+    return _save(fig, path)
+
+
+def _diagnosis_section(data: dict, fig_dir: Path, replay: bool) -> list[Block]:
+    """`sweeper diagnose` as a report section: per-epoch rho with its CI, the settle epoch and the
+    recommended ASHA settings (replayed through ASHA only with `replay`, which loads Ray)."""
+    from sweeper import diagnosis
+
+    blocks: list[Block] = [("h2", "Can early stopping be trusted?")]
+    objectives = _objectives(data)
+    if not objectives:
+        return blocks + [("p", "No objective recorded; nothing to diagnose.")]
+    metric, mode = objectives[0]["metric"], objectives[0]["mode"]
+    curves = {str(t.get("trial")): diagnosis.curve_from_history((t.get("history") or {}).get(metric) or [])
+              for t in _trials(data)}
+    try:
+        d = diagnosis.diagnose(curves, metric, mode, max_t=_num(data.get("max_t")) and int(data["max_t"]),
+                               replay=replay)
+    except diagnosis.DiagnosisError as exc:
+        return blocks + [("p", f"Not diagnosed: {exc}.")]
+    blocks.append(("p", diagnosis.verdict(d)))
+    blocks.append(("table", ["epoch", "n", "rho", "95% CI", ""], diagnosis.rank_rows(d)))
+    if any(r.rho is not None for r in d.ranks):
+        path = _rank_figure(d, fig_dir / "rank_correlation.png")
+        blocks.append(("figure", path, f"Spearman rho of {metric} at each epoch with epoch {d.reference_epoch}"))
+    if d.candidates:
+        blocks.append(("table", ["grace", "factor", "compute", "regret", "regret p90", ""],
+                       diagnosis.candidate_rows(d)))
+    return blocks + [("list", d.notes)]
 
 
 # ---------------------------------------------------------------- search
@@ -635,12 +690,13 @@ def _render_html(title: str, blocks: list[Block]) -> str:
 
 
 def write_report(
-    data: dict, out_dir: Path, progress: Callable[[str], None] = lambda msg: None
+    data: dict, out_dir: Path, progress: Callable[[str], None] = lambda msg: None, *, replay: bool = False
 ) -> dict[str, Path | list[Path]]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` under `out_dir`.
 
     Returns ``{"markdown": Path, "html": Path, "figures": [Path, ...]}``. `progress` gets a
-    short message before each long step (tables, figures, importances).
+    short message before each long step (tables, figures, importances). `replay`: the
+    early-stopping section also replays the curves through ASHA (`sweeper.replay`, Ray).
     """
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
@@ -654,6 +710,9 @@ def write_report(
     blocks += _curves_section(data, fig_dir)
     if data.get("kind") == "search" and _objectives(data):
         blocks += _search_section(data, fig_dir, progress)
+    if data.get("kind") == "search" and _objectives(data):
+        progress("early-stopping diagnosis")
+        blocks += _diagnosis_section(data, fig_dir, replay)
     if len(_objectives(data)) >= 2:
         progress("pareto front")
         blocks += _pareto_section(data, fig_dir)

@@ -25,10 +25,19 @@ BEST_EPOCH = "best_epoch"
 STOP_REASON = "stop_reason"
 #: the stop reasons, as MLflow's `sweeper.stop_reason` tag shows them. COMPLETED: it ran its
 #: planned length; PATIENCE: `early_stopping` ended it (it converged); ASHA: the scheduler
-#: stopped it (pruned); SCRIPT: a command trial's script exited 0 before its planned length
-COMPLETED, PATIENCE, ASHA, SCRIPT = "completed", "patience", "asha", "script"
+#: stopped it (pruned); SCRIPT: a command trial's script exited 0 before its planned length;
+#: TIME_LIMIT: it used up its time budget (`budget.trial_time_limit`, or ASHA's `max_t` on
+#: `scheduler.time_attr: time_total_s`), so it ran its course as the sweep defined it
+COMPLETED, PATIENCE, ASHA, SCRIPT, TIME_LIMIT = "completed", "patience", "asha", "script", "time_limit"
 #: the reasons under which a trial ended by itself: it counts as finished (statistics, Optuna COMPLETE)
-SELF_STOPS = frozenset({COMPLETED, PATIENCE, SCRIPT})
+SELF_STOPS = frozenset({COMPLETED, PATIENCE, SCRIPT, TIME_LIMIT})
+#: the trial's training time in seconds, summed over its restarts (Ray adds it to every result;
+#: ASHA's time attribute on `scheduler.time_attr: time_total_s`), and, on GPUs only, that wall
+#: time times the GPUs the trial holds (absent on CPU, not 0)
+TIME_TOTAL_S, GPU_SECONDS = "time_total_s", "gpu_seconds"
+#: in the result a trial reports when `budget.time_limit` is reached: its epoch is checkpointed,
+#: and it waits to be stopped with the sweep (`sweeper.time_budget`), resumable
+PARKED = "sweeper/parked"
 #: how often the out-of-memory fallback retried, and the micro-batches it trains with now
 OOM_RETRIES = "oom_retries"
 MICRO_BATCHES = "train/micro_batches"
@@ -47,6 +56,13 @@ def time_attr(command: Any) -> str:
     or STEP for a command trial with `command.time_key: step` (`command` is the sweep's
     CommandConfig, or None for a built-in task)."""
     return STEP if command is not None and command.time_unit == "step" else EPOCH
+
+
+def asha_time_attr(scheduler: Any, command: Any) -> str:
+    """The result key ASHA's rungs count (`scheduler` is the sweep's Scheduler section): TIME_TOTAL_S
+    on `time_attr: time_total_s`, else the trial's time unit (`time_attr`). The MLflow step and
+    Optuna's intermediate-value step stay `time_attr` (whole epochs or steps) either way."""
+    return TIME_TOTAL_S if getattr(scheduler, "time_attr", "epoch") == TIME_TOTAL_S else time_attr(command)
 
 
 def stopped_early(result: dict[str, Any] | None, max_t: int, time_key: str = EPOCH) -> bool:

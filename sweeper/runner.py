@@ -27,7 +27,12 @@ from sweeper.config import Sweep
 
 STATE_FILE = "sweeper.json"
 TENSORBOARD_ENV = "SWEEPER_TENSORBOARD"  # "1": Tune also writes TensorBoard event files per trial
-ASHA_STATE = "asha_rungs.json"  # ASHA's rung records, so a resumed sweep keeps judging trials alike
+# The schedulers' records, so a resumed sweep keeps judging trials alike. In a subdirectory: on
+# restore Tune copies the experiment's top-level .json/.pkl files into its staging dir and, while
+# the sweep runs, back over the originals, so a top-level file would revert to its pre-resume state.
+ASHA_STATE = "scheduler/asha_rungs.json"
+PROMOTION_STATE = "scheduler/promotion.json"
+CONSOLE_LOG = "console.log"  # the console's event lines, dated (sweeper.console)
 
 
 def _failure_budget_class():  # noqa: ANN202 - defined lazily: Ray is imported only when a sweep runs
@@ -69,11 +74,17 @@ class Outcome:
     best: dict[str, Any] | None
     wall_s: float
     board: dict[str, Any] | None = None  # the leaderboard read at the end (None: no launch recorded yet)
+    time_limit_reached: bool = False  # budget.time_limit ended it: running trials checkpointed, resumable
 
 
 def config_hash(sweep: Sweep) -> str:
-    """Identity of a sweep's content: a relaunch must not silently continue a different sweep."""
-    doc = json.dumps(sweep.raw, sort_keys=True, default=str)
+    """Identity of a sweep's content: a relaunch must not silently continue a different sweep.
+    `budget.time_limit` is left out: it bounds one launch, not what trials compute, so a resume
+    may run with another limit."""
+    raw = sweep.raw
+    if isinstance(raw.get("budget"), dict) and "time_limit" in raw["budget"]:
+        raw = {**raw, "budget": {k: v for k, v in raw["budget"].items() if k != "time_limit"}}
+    doc = json.dumps(raw, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
@@ -285,9 +296,12 @@ def find_experiment(run_dir_or_name: str, storage: str = "runs") -> tuple[str, d
                       "`sweeper launch` printed, e.g. runs/NAME")
 
 
-def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, verbose: int = 1,
+def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, verbose: int = 0,
            preflight: Callable[[], None] | None = None) -> Outcome:
     """Run (or continue) the sweep to completion; returns counts and the best trial.
+
+    The console is `sweeper.console`'s (a live view on a terminal, plain lines elsewhere);
+    `verbose` 1 or 2 also shows Ray's own trial tables (2: every result), 0 keeps them off.
 
     `preflight` holds checks that need heavy imports (the task's libraries, ~6 s of torch,
     torchvision and timm imports): they run while Ray starts, and no trial is dispatched
@@ -297,8 +311,9 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
-    from sweeper import store, tracking
-    from sweeper.results import time_attr
+    from sweeper import console, notify, store, tracking
+    from sweeper import time_budget
+    from sweeper.results import asha_time_attr, time_attr
     from sweeper.scheduler import PersistentASHA
     from sweeper.search import build_searcher
     from sweeper.trainable import run_trial
@@ -322,10 +337,14 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         started_ray = _init_ray(address, sweep)
         checked.result()  # a bad sweep raises here, before any trial exists
         experiment_id = store_ready.result()
+    time_budget.check_against_history(sweep, experiment_id)  # a time_limit shorter than one measured epoch
+    board_url = notify.leaderboard_link(spec.tracking.uri, experiment_id)  # what the console and webhook link
+    console_log = str(driver_dir(sweep) / CONSOLE_LOG)
     check_resources(sweep)
     check_storage(sweep)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=sweep),
+        # budget.time_limit: the trials share one clock, started by the first of them to train
+        tune.with_parameters(run_trial, sweep=sweep, launch_clock=time_budget.arm(spec.budget.time_limit)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
@@ -350,25 +369,39 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
         print(f"continuing sweep {sweep.name!r} from {exp_dir}")
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False)
+        console.adopt(tuner, sweep, board_url, verbose, console_log)
+        time_budget.adopt(tuner, spec.budget.time_limit)  # a limit set only now needs its callback
     else:
         parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
         budget = spec.budget.max_failed_trials
         failure_budget = _failure_budget_class()(budget) if budget is not None else None
-        # ASHA counts what the trials report as their time: epochs, or a command trial's steps
-        scheduler = (PersistentASHA(time_attr=time_attr(spec.command), max_t=sweep.max_t,
+        # ASHA counts what the trials report as their time: epochs, a command trial's steps, or seconds
+        scheduler = (PersistentASHA(time_attr=asha_time_attr(spec.scheduler, spec.command), max_t=sweep.asha_max_t,
                                     grace_period=spec.scheduler.grace_period,
                                     reduction_factor=spec.scheduler.reduction_factor,
                                     brackets=spec.scheduler.brackets,
                                     state_path=str(driver_dir(sweep) / ASHA_STATE))
                      if spec.scheduler.name == "asha" else FIFOScheduler())
+        if spec.scheduler.promote:  # pause at rungs, promote the top 1/reduction_factor later (sweeper.promotion)
+            from sweeper.promotion import PromotionASHA
+
+            scheduler = PromotionASHA(time_attr=time_attr(spec.command), max_t=sweep.max_t,
+                                      grace_period=spec.scheduler.grace_period,
+                                      reduction_factor=spec.scheduler.reduction_factor,
+                                      num_samples=sweep.num_trials, state_path=str(driver_dir(sweep) / PROMOTION_STATE))
         # an ablation is a fixed list of (variant, seed) points: Tune's grid runs each exactly once
         ablation = spec.ablation is not None
+        searcher = None if ablation else build_searcher(sweep, max_concurrent(sweep))
+        imported = getattr(getattr(searcher, "searcher", None), "warm_start", None)
+        if imported is not None:  # the parent run says what seeded the sampler (once: resume restores it)
+            store.tag_run(spec.tracking.uri, parent_run_id, imported.tags())
+            print(f"warm start: {imported.summary()}")
         tuner = tune.Tuner(
             trainable,
             param_space={"ablation": tune.grid_search(sweep.ablation_points)} if ablation else None,
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric, mode=spec.objective.mode,
-                search_alg=None if ablation else build_searcher(sweep, max_concurrent(sweep)),
+                search_alg=searcher,
                 scheduler=scheduler,
                 num_samples=1 if ablation else sweep.num_trials,
                 max_concurrent_trials=max_concurrent(sweep) if ablation or not sweep.dimensions else None,
@@ -379,7 +412,9 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage, verbose=verbose,
                 callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id, experiment_id), CSVLoggerCallback(), JsonLoggerCallback(),
-                           *([failure_budget] if failure_budget else [])],
+                           console.SweepConsole(sweep, board_url, verbose=bool(verbose), log_path=console_log),
+                           *([failure_budget] if failure_budget else []),
+                           *([time_budget.TimeLimit()] if spec.budget.time_limit is not None else [])],
                 stop=failure_budget,
                 # keep >= 3: a hard kill can otherwise leave state pointing at a pruned checkpoint
                 checkpoint_config=tune.CheckpointConfig(
@@ -397,9 +432,10 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         _write_state(str(driver_dir(sweep)), state)
 
     try:
-        with _tensorboard_files(os.environ.get(TENSORBOARD_ENV) == "1"):
+        with _tensorboard_files(os.environ.get(TENSORBOARD_ENV) == "1"), console.ray_output(verbose):
             tuner.fit()  # Ctrl-C makes it return early; _summarize tells
     finally:
+        console.close_all()  # the live view goes before anything else is printed
         failed_writes = tracking.flush_all()  # MLflow is written on a background thread: let it finish
         if failed_writes:
             print(f"warning: {len(failed_writes)} MLflow writes failed (the first ones are printed above); "
@@ -408,7 +444,10 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             import ray
 
             ray.shutdown()
-    return _summarize(sweep, exp_dir, parent_run_id, resumed, time.time() - t0)
+    outcome = _summarize(sweep, exp_dir, parent_run_id, resumed, time.time() - t0)
+    outcome.time_limit_reached = time_budget.reached() and outcome.interrupted  # not when all ended anyway
+    notify.announce_end(sweep, outcome, board_url)  # the `end` message; waits (bounded) for queued ones
+    return outcome
 
 
 @contextmanager

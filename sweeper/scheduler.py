@@ -11,6 +11,9 @@ and reads them back when Tune unpickles it on `Tuner.restore`.
 It also says which trials it stopped: a trial it cuts at a rung ends with `stop_reason: asha` in
 its last result (`sweeper.results`), which is how the searcher (PRUNED) and MLflow
 (`sweeper.stop_reason`) tell an ASHA stop from a trial that ended itself (patience, its script).
+On `time_attr="time_total_s"` (`scheduler.time_attr`) the rungs and `max_t` are seconds of
+training, and a trial that reaches `max_t` before its last epoch ends with `stop_reason:
+time_limit`: it used up its time budget, which is how that scheduler defines a finished trial.
 
 `sweeper.rungs.asha_rungs` says, without starting anything, at which epochs that ASHA judges a
 trial (the dry-run plan and the benchmarks print it).
@@ -24,7 +27,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from sweeper.results import ASHA, STOP_REASON
+from sweeper.results import ASHA, EPOCH, EPOCHS_TOTAL, STOP_REASON, TIME_LIMIT, TIME_TOTAL_S
 
 
 class PersistentASHA(ASHAScheduler):
@@ -74,6 +77,10 @@ class PersistentASHA(ASHAScheduler):
             # that ended itself in this very result keeps its own reason
             if not result.get(STOP_REASON):
                 self._cut.add(trial.trial_id)
+        elif action == TrialScheduler.STOP and self._time_attr == TIME_TOTAL_S and not result.get(STOP_REASON) \
+                and result.get(EPOCH, 0) < (result.get(EPOCHS_TOTAL) or 0):
+            # on time, max_t is the trial's time budget: used up before its last epoch, it ran its course
+            self.__dict__.setdefault("_timed_out", set()).add(trial.trial_id)
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:  # noqa: ANN001
@@ -86,6 +93,10 @@ class PersistentASHA(ASHAScheduler):
             self._cut.discard(trial.trial_id)
             if trial.last_result is not None and not trial.last_result.get(STOP_REASON):
                 trial.last_result[STOP_REASON] = ASHA
+        if trial.trial_id in self.__dict__.get("_timed_out", ()):
+            self._timed_out.discard(trial.trial_id)
+            if trial.last_result is not None and not trial.last_result.get(STOP_REASON):
+                trial.last_result[STOP_REASON] = TIME_LIMIT
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

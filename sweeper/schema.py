@@ -7,11 +7,13 @@ before anything heavy starts. No torch, Ray or MLflow here.
 """
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from sweeper.durations import parse_duration
 from sweeper.registry import Strict
 
 
@@ -163,20 +165,64 @@ class Objective(Strict):
     mode: Literal["max", "min"] = "max"
 
 
+#: Optuna samplers `search_alg.sampler` names (sweeper.search.build_sampler builds them)
+SAMPLERS = ("tpe", "gp", "cmaes", "qmc", "random", "nsga2")
+
+
 class SearchAlg(Strict):
     name: Literal["optuna", "random", "grid"] = Field("optuna", description="optuna = model-based sampler")
-    sampler: Literal["tpe"] = Field("tpe", description="Optuna sampler for name: optuna")
+    sampler: Literal["tpe", "gp", "cmaes", "qmc", "random", "nsga2"] = Field(
+        "tpe", description="Optuna sampler for name: optuna: tpe, gp (Gaussian process), cmaes (CMA-ES, one "
+        "objective), qmc (scrambled Sobol), random, nsga2 (NSGA-II, for several objectives)")
     seed: int | None = Field(0, description="sampler seed; null = random")
+
+
+class Constraint(Strict):
+    """A bound on a metric the task reports; a trial outside it is infeasible (for Optuna's
+    `constraints_func` and on the leaderboard), judged on the trial's last reported value."""
+
+    metric: str = Field(description="a metric the task reports, e.g. model/params_m")
+    max: float | None = Field(None, allow_inf_nan=False, description="feasible when metric <= max")
+    min: float | None = Field(None, allow_inf_nan=False, description="feasible when metric >= min")
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> Constraint:
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g}): no trial could be feasible")
+        return self
 
 
 class Scheduler(Strict):
     name: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, description="epochs (command.time_key: step: steps) every trial runs "
-                              "before it may be stopped")
+    # declared before grace_period and max_t: their validators read it
+    time_attr: Literal["epoch", "time_total_s"] = Field(
+        "epoch", description="what ASHA's rungs count: epoch (command.time_key: step: steps), or time_total_s, "
+        "the trial's training time in seconds (then grace_period and max_t are durations such as 10m, and "
+        "max_t is required)")
+    grace_period: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="epochs (command.time_key: step: steps; time_attr: time_total_s: seconds, or a "
+        "duration such as 10m) every trial runs before it may be stopped; auto: a full epoch after the LR "
+        "warmup (train.warmup_epochs), else a quarter of max_t, at most 3 (sweeper.rungs.auto_grace_period)")
     reduction_factor: float = Field(3, gt=1, allow_inf_nan=False, description="keep 1/reduction_factor at each rung")
     max_t: int | None = Field(None, ge=1, description="epochs (command.time_key: step: steps), the last rung; "
-                              "default train.epochs (command: command.epochs)")
+                              "default train.epochs (command: command.epochs); time_attr: time_total_s: seconds "
+                              "or a duration such as 2h, required")
     brackets: int = Field(1, ge=1, description="ASHA brackets")
+    promote: bool = Field(False, description="promotion-based ASHA (name: asha): a trial reaching a rung pauses "
+                          "(checkpointed, its worker freed) and resumes later if it is in the top 1/reduction_factor "
+                          "of that rung; new trials start only when none is promotable")
+
+    @field_validator("grace_period", "max_t", mode="before")
+    @classmethod
+    def _seconds_if_timed(cls, v: Any, info: ValidationInfo) -> Any:
+        """On `time_total_s` the rungs are seconds: a duration (`10m`, `1h30m`) is read as such."""
+        if info.data.get("time_attr") == "time_total_s" and isinstance(v, str) and v != "auto":
+            return math.ceil(parse_duration(v))
+        if info.field_name == "grace_period" and isinstance(v, str) and v != "auto" and not v.strip().isdigit():
+            raise ValueError(f"use a whole number (>= 1) or auto, got {v!r}")
+        return v
 
 
 class Budget(Strict):
@@ -188,6 +234,18 @@ class Budget(Strict):
                              "last checkpoint with twice the micro-batches (half the per-step batch), this often")
     max_failed_trials: int | None = Field(None, ge=0, description="stop the sweep once more trials than this "
                                           "have failed (after their retries); null = never")
+    time_limit: float | None = Field(None, description="wall time of one launch or resume from its first trial's "
+                                     "start (a duration: 90s, 30m, "
+                                     "12h, 1d, 1h30m, or seconds): then running trials finish their epoch, "
+                                     "checkpoint and stop, and `sweeper resume` continues them; null = no limit")
+    trial_time_limit: float | None = Field(None, description="training time of one trial (a duration, as "
+                                           "time_limit): a trial reaching it stops after its current epoch, "
+                                           "stop_reason time_limit; null = no limit")
+
+    @field_validator("time_limit", "trial_time_limit", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        return None if v is None else parse_duration(v)
 
 
 class Resources(Strict):
@@ -221,6 +279,18 @@ class Tracking(Strict):
     uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI")
 
 
+#: what `notify.on` may name: the sweep ended (or was interrupted), a trial failed after its
+#: retries, a trial ended with a new best objective
+NOTIFY_EVENTS = ("end", "failure", "best")
+
+
+class Notify(Strict):
+    webhook: str = Field(description="http(s) URL each event is POSTed to as JSON (with a Slack-compatible "
+                         "`text`); treated as a secret: shown only as scheme://host/...")
+    on: list[Literal["end", "failure", "best"]] = Field(["end", "failure"], description="events to send: end, "
+                                                        "failure, best")
+
+
 class SweepFile(Strict):
     name: str = Field(max_length=200, description="sweep name: MLflow experiment and Ray experiment directory "
                       "(at most 200 characters: it names directories)")
@@ -242,6 +312,10 @@ class SweepFile(Strict):
     checkpoint: CheckpointPolicy = CheckpointPolicy()
     early_stopping: EarlyStopping | None = Field(None, description="end a trial once its objective stops improving "
                                                  "(patience, min_delta); none by default")
+    constraints: list[Constraint] = Field(default_factory=list, description="bounds on reported metrics "
+                                          "({metric, max} or {metric, min}); trials outside are infeasible")
+    notify: Notify | None = Field(None, description="a webhook told when the sweep ends, a trial fails or a "
+                                  "new best appears; none by default")
     storage: str = Field("runs", description="Ray results root (local path or URI)")
 
     @field_validator("name")

@@ -9,6 +9,13 @@ patience ran out (`early_stopping`: COMPLETE with its best value, whose checkpoi
 its script stopped (COMPLETE with its last value, as a trial that ran its course).
 
     searcher = build_searcher(sweep)   # None when nothing is searched
+
+The sampler is `search_alg.sampler` (tpe, gp, cmaes, qmc, random, nsga2), seeded with
+`search_alg.seed`. `search.warm_start` trials are added to the study (`add_trials`) and
+`search.start_from` points enqueued (`enqueue_trial`) when a launch builds the searcher; Tune
+pickles the searcher with its study, so a resumed sweep has them once. With `constraints`, each
+finished or pruned trial gets its constraint values (`Trial.set_constraint`, before `tell`: what
+Optuna 5's tpe, gp and nsga2 read; cmaes, qmc and random ignore constraints, so they get none).
 """
 from __future__ import annotations
 
@@ -19,7 +26,10 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeper import constraints as feasibility
 from sweeper.config import Sweep
+from sweeper.config.sampling import CONSTRAINED
+from sweeper.config.search_start import search_start
 from sweeper.results import BEST_OBJECTIVE, EPOCH, PATIENCE, SELF_STOPS, STOP_REASON, stop_reason, time_attr
 from sweeper.spaces import grid_values, to_optuna
 
@@ -29,10 +39,21 @@ log = logging.getLogger(__name__)
 class PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that reports intermediate values by epoch (or step) and ASHA's stops as PRUNED."""
 
-    def __init__(self, *args: Any, max_t: int, time_attr: str = EPOCH, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_t: int, time_attr: str = EPOCH, constraints: list | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_t = max_t
         self._time_attr = time_attr
+        self._constraints = list(constraints or [])  # [] where the sampler takes no constraints
+        self.warm_start = None  # the sweeper.warm_start.WarmStart imported by build_searcher, if any
+
+    def _record_constraints(self, trial_id: str, result: dict | None) -> None:
+        """The trial's constraint values, on the trial before `tell`: the sampler reads them there."""
+        constraints = getattr(self, "_constraints", [])  # a searcher pickled before constraints had none
+        if constraints and trial_id in self._ot_trials:
+            trial = self._ot_trials[trial_id]
+            for key, value in zip(feasibility.keys(constraints), feasibility.violations(constraints, result or {})):
+                trial.set_constraint(key, value)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list):  # Optuna keeps no intermediate values for multi-objective
@@ -49,6 +70,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if error or not result or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
+        self._record_constraints(trial_id, result)
         reason = stop_reason(result, self._max_t, self._time_key)
         if reason not in SELF_STOPS:  # ASHA's cut, or the sweep stopped it: a low-budget value
             ot_trial = self._ot_trials[trial_id]
@@ -89,11 +111,47 @@ class TellOnlyGridSampler(optuna.samplers.GridSampler):
 def build_sampler(sweep: Sweep):  # noqa: ANN201
     """The Optuna sampler named by `search_alg`, seeded."""
     alg = sweep.spec.search_alg
+    seed = alg.seed
+    samplers = optuna.samplers
     if alg.name == "grid":
-        return TellOnlyGridSampler(grid_values(sweep.dimensions), seed=alg.seed)
-    if alg.name == "random":
-        return optuna.samplers.RandomSampler(seed=alg.seed)
-    return optuna.samplers.TPESampler(seed=alg.seed)
+        return TellOnlyGridSampler(grid_values(sweep.dimensions), seed=seed)
+    if alg.name == "random" or alg.sampler == "random":
+        return samplers.RandomSampler(seed=seed)
+    if alg.sampler == "gp":
+        return samplers.GPSampler(seed=seed)
+    if alg.sampler == "cmaes":  # categorical keys are sampled independently (random): CMA-ES models numbers
+        return samplers.CmaEsSampler(seed=seed)
+    if alg.sampler == "qmc":  # scrambled, so the seed chooses the sequence (unscrambled Sobol ignores it)
+        return samplers.QMCSampler(scramble=True, seed=seed)
+    if alg.sampler == "nsga2":
+        return samplers.NSGAIISampler(seed=seed)
+    return samplers.TPESampler(seed=seed)
+
+
+def told_constraints(sweep: Sweep) -> list:
+    """The constraints the sampler is told: none for samplers that ignore them (cmaes warns)."""
+    alg = sweep.spec.search_alg
+    return list(sweep.spec.constraints) if alg.name == "optuna" and alg.sampler in CONSTRAINED else []
+
+
+def frozen_trials(plan, dims, constraints: list) -> list:  # noqa: ANN001, ANN201 - WarmStart, [Dimension]
+    """Imported trials (`sweeper.warm_start`) as Optuna trials of this search's distributions, with
+    their constraint values as `Trial.set_constraint` would have stored them."""
+    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+
+    dists = to_optuna(dims)
+    names = feasibility.keys(constraints)
+    out = []
+    for t in plan.trials:
+        told = constraints and t.constraints is not None
+        out.append(optuna.trial.create_trial(
+            params=t.params, distributions={k: dists[k] for k in t.params},
+            state=getattr(optuna.trial.TrialState, t.state),
+            values=t.values, intermediate_values=t.intermediate,
+            user_attrs={"sweeper.imported_from": t.source},
+            system_attrs={f"{_CONSTRAINTS_KEY}:{k}": v for k, v in zip(names, t.constraints)} if told else None,
+        ))
+    return out
 
 
 def build_searcher(sweep: Sweep, max_concurrent: int) -> ConcurrencyLimiter | None:
@@ -109,5 +167,18 @@ def build_searcher(sweep: Sweep, max_concurrent: int) -> ConcurrencyLimiter | No
         sampler=build_sampler(sweep),
         max_t=sweep.max_t,
         time_attr=time_attr(sweep.spec.command),
+        constraints=told_constraints(sweep),
     )
+    start = search_start(sweep.spec, sweep.dimensions)
+    if start.warm_start:
+        from sweeper import warm_start
+
+        searcher.warm_start = warm_start.load(sweep)
+        searcher.study.add_trials(frozen_trials(searcher.warm_start, sweep.dimensions, told_constraints(sweep)))
+    for point in start.start_from:  # after the imports: the first trials Tune asks for
+        searcher.study.enqueue_trial(point)
+    if sweep.spec.scheduler.promote:  # trials paused at a rung hold no worker (sweeper.promotion)
+        from sweeper.promotion import PausingLimiter
+
+        return PausingLimiter(searcher, max_concurrent=max_concurrent)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)

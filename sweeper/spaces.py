@@ -127,15 +127,42 @@ def parse_space(key: str, spec: Any) -> Dimension:
     return Dimension(key, kind, low=low, high=high, step=step)
 
 
+#: names in `search:` that are not searched keys: where the search starts (sweeper.config.search_start)
+RESERVED = ("start_from", "warm_start")
+
+
 def parse_search(search: dict[str, Any]) -> list[Dimension]:
-    """Parse a whole `search:` block; errors carry the dotted key as a prefix."""
+    """Parse a whole `search:` block (its RESERVED entries aside); errors carry the dotted key as a prefix."""
     dims = []
     for key, spec in search.items():
+        if key in RESERVED:
+            continue
         try:
             dims.append(parse_space(key, spec))
         except SpaceError as exc:
             raise SpaceError(f"search.{key}: {exc}") from None
     return dims
+
+
+def outside(dim: Dimension, value: Any) -> str | None:
+    """Why `value` is not a value `dim` can take (None when it is): a start point or an imported
+    trial must be a point the sampler could have proposed, or Optuna refuses it mid-sweep."""
+    if dim.is_categorical:
+        same = any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in dim.values)
+        return None if same else f"{value!r} is not one of {list(dim.values)}"
+    try:
+        number = _number(value, dim.key)
+    except SpaceError:
+        return f"{value!r} is not a number"
+    if dim.kind == "randint" and (not isinstance(number, int) or isinstance(number, bool)):
+        return f"{value!r} is not an integer"
+    if not dim.low <= number <= dim.high:
+        return f"{value!r} is outside [{dim.low:g}, {dim.high:g}]"
+    if dim.step is not None:
+        n = (number - dim.low) / dim.step
+        if abs(n - round(n)) > 1e-6:
+            return f"{value!r} is not on the grid of step {dim.step:g} from {dim.low:g}"
+    return None
 
 
 def to_optuna(dims: list[Dimension]) -> dict[str, Any]:

@@ -96,6 +96,10 @@ def start_sweep_run(sweep: Sweep, config_hash: str, experiment_id: str | None = 
                                             "variants": [name for name, _ in sweep.variants]}, default=str)}
            if abl else {}),
         "sweeper.max_t": str(sweep.max_t),
+        "sweeper.sampler": sweep.spec.search_alg.sampler if sweep.spec.search_alg.name == "optuna"
+        else sweep.spec.search_alg.name,
+        **({"sweeper.constraints": json.dumps([c.model_dump(exclude_none=True) for c in sweep.spec.constraints])}
+           if sweep.spec.constraints else {}),
         "sweeper.config_hash": config_hash,
         "sweeper.sweep_file": str(sweep.file),
     })
@@ -117,7 +121,9 @@ def ablated_keys(sweep: Sweep) -> list[str]:
 def _sweep_text(sweep: Sweep) -> str:
     """The sweep file as written, unless it holds secret-looking keys: then re-dumped, redacted."""
     text = sweep.file.read_text()
-    doc = yaml.safe_load(text)
+    from sweeper.sweep_yaml import parse_yaml  # as load read it: `on:` stays a key, not `true`
+
+    doc = parse_yaml(text)
     if redact(doc) == doc:
         return text
     return f"# {sweep.file}, with the values of secret-looking keys replaced by {REDACTED}\n" + \
@@ -167,11 +173,13 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
     if not all_launches:
         filt += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     runs = c.search_runs([exp.experiment_id], filt, max_results=50000)
+    constrained = "sweeper.constraints" in parent.data.tags  # a `feasible` column: true, false, or empty
     rows = []
     for run in runs:
         m, t, p = run.data.metrics, run.data.tags, run.data.params
         rows.append({
             "trial": t.get("sweeper.trial_id"), "status": t.get("sweeper.status"),
+            **({"feasible": t.get("sweeper.feasible")} if constrained else {}),
             **({"variant": t.get("sweeper.variant"), "seed": t.get("sweeper.seed")} if "sweeper.variant" in t else {}),
             "epoch": int(m[EPOCH]) if EPOCH in m else None,
             objective: m.get(BEST_OBJECTIVE),
@@ -184,14 +192,23 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
             "error": t.get("sweeper.error"), "run_id": run.info.run_id,
         })
     sign = -1 if mode == "max" else 1
-    rows.sort(key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
+    # with constraints, feasible trials rank first (the best feasible one is the sweep's answer)
+    rows.sort(key=lambda r: (r[objective] is None, constrained and r.get("feasible") != "true",
+                             sign * (r[objective] or 0.0)))
+    confirmed = None  # `sweeper confirm` re-ran the best with seeds: those first, best confirmed mean first
+    if "sweeper.confirmed_by" in parent.data.tags:
+        from sweeper.confirmed import confirmed_first
+
+        rows, confirmed = confirmed_first(uri, parent.data.tags["sweeper.confirmed_by"], rows, mode)
     study = parent.data.tags.get("sweeper.study", "search")
     ablation = json.loads(parent.data.tags["sweeper.ablation"]) if "sweeper.ablation" in parent.data.tags else None
     return {"name": name, "task": parent.data.tags.get("sweeper.task"), "objective": objective, "mode": mode,
             "secondary": secondary, "searched": searched,
+            "constraints": json.loads(parent.data.tags.get("sweeper.constraints", "[]")),
             "columns": columns,
             "study": study,
             "ablation": ablation,
+            **({"confirmed": confirmed} if confirmed is not None else {}),
             "parent_run_id": parent.info.run_id, "rows": rows[:top] if top else rows}
 
 
@@ -246,6 +263,22 @@ def report_data(uri: str, name: str, progress: Any = lambda msg: None) -> dict[s
     }
 
 
+def objective_curves(uri: str, name: str) -> dict[str, Any]:
+    """What `sweeper diagnose` reads: the latest launch's objective, mode, planned last epoch and,
+    per trial, its status and the objective's MLflow history ([[step, value], ...], step = epoch).
+    Raises LookupError for an unknown sweep, naming the sweeps the store has."""
+    board = leaderboard(uri, name)
+    c = client(uri)
+    parent = c.get_run(board["parent_run_id"])
+    objective = board["objective"]
+    trials = [{"trial": row["trial"], "status": row["status"], "run_id": row["run_id"],
+               "history": sorted([int(m.step), float(m.value)] for m in c.get_metric_history(row["run_id"], objective))}
+              for row in board["rows"]]
+    return {"name": name, "objective": objective, "mode": board["mode"],
+            "max_t": int(parent.data.tags.get("sweeper.max_t", 0)) or None,
+            "parent_run_id": board["parent_run_id"], "trials": trials}
+
+
 def _typed(text: str) -> Any:
     """MLflow keeps params as strings; the report wants numbers back where they were numbers."""
     for cast in (int, float):
@@ -254,6 +287,41 @@ def _typed(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def sweep_trials(uri: str, name: str, metrics: list[str]) -> dict[str, Any]:
+    """Every trial of every launch of sweep `name` (what `search.warm_start` imports): its status
+    and stop reason, its params (MLflow text), final metrics and the history per epoch of each of
+    `metrics`. Raises LookupError naming the sweeps the store holds when there is no such sweep."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    parents = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'sweep'",
+                            order_by=["attributes.start_time DESC"]) if exp is not None else []
+    if not parents:
+        known = sorted(e.name for e in c.search_experiments()
+                       if c.search_runs([e.experiment_id], "tags.`sweeper.kind` = 'sweep'", max_results=1))
+        raise LookupError(f"no sweep named {name!r} in {uri}; the sweeps there: {', '.join(known) or 'none'}")
+    runs = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'", max_results=50000)
+    trials = []
+    for run in runs:
+        t = run.data.tags
+        trials.append({
+            "trial": t.get("sweeper.trial_id"), "status": t.get("sweeper.status"),
+            "stop_reason": t.get("sweeper.stop_reason"), "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics), "best": run.data.metrics.get(BEST_OBJECTIVE),
+            "history": {m: sorted((int(h.step), float(h.value)) for h in c.get_metric_history(run.info.run_id, m))
+                        for m in metrics if m in run.data.metrics},
+        })
+    searched = sorted({k for p in parents for k in json.loads(p.data.tags.get("sweeper.searched", "[]"))})
+    return {"name": name, "task": parents[0].data.tags.get("sweeper.task"), "searched": searched,
+            "objective": parents[0].data.tags.get("sweeper.objective"), "trials": trials}
+
+
+def tag_run(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Add tags to a run (the parent run's warm-start summary)."""
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def log_report(uri: str, parent_run_id: str, out_dir: Path) -> None:

@@ -90,12 +90,25 @@ class BadYaml(Exception):
     """Why a text is not a usable YAML document (the caller adds the file or the --set key)."""
 
 
+class _NamedKeysLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` whose plain mapping keys spelled as YAML 1.1 booleans (`on`, `off`,
+    `yes`, `no`) stay the text written: a sweep file's keys are names (`notify: {on: [end]}`),
+    and a boolean key would break everything that sorts or dots keys. Values are read as before."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:bool" and not key.style:
+                key.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str) -> Any:
     """`yaml.safe_load`, every failure a `BadYaml`. PyYAML raises more than YAMLError on bad
     input: ValueError for an impossible date (`2024-02-30`), IndexError/ValueError/KeyError for a
-    core tag with a bad value (`!!float`, `!!int x`), RecursionError for deep nesting."""
+    core tag with a bad value (`!!float`, `!!int x`), RecursionError for deep nesting. Keys spelled
+    like booleans stay text (`_NamedKeysLoader`)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_NamedKeysLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

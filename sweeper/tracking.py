@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 import sys
 import threading
 import time
@@ -25,11 +26,13 @@ from typing import Any
 from ray.tune import Callback
 
 from sweeper.config import SECRET_NAME, Sweep, flatten, trial_params
+from sweeper.constraints import feasible
 from sweeper.results import (
     BEST_EPOCH,
     COMPLETED,
     MICRO_BATCHES,
     OOM_RETRIES,
+    PARKED,
     SELF_STOPS,
     TRIAL_CONFIG,
     is_divergence,
@@ -38,10 +41,11 @@ from sweeper.results import (
 )
 from sweeper.store import client, get_or_create_experiment, metric_key
 
-#: Ray's bookkeeping keys that are not worth an MLflow metric.
-_RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
+#: Ray's bookkeeping keys that are not worth an MLflow metric (`time_total_s` is: the trial's
+#: training time, summed over restarts, which the leaderboard shows and `budget.time_limit` checks)
+_RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid",
              "time_since_restore", "iterations_since_restore", "done", "epochs_total",
-             "checkpoint_dir_name", "should_checkpoint", BEST_EPOCH}  # best_epoch: a tag, once
+             "checkpoint_dir_name", "should_checkpoint", BEST_EPOCH, PARKED}  # best_epoch: a tag, once
 
 
 #: failed MLflow writes printed as they happen; the rest are counted in the launch's summary
@@ -186,7 +190,9 @@ class MLflowTrialLogger(Callback):
         if isinstance(point, dict):  # variants and seeds group the runs in the MLflow UI too
             tags.update({"sweeper.variant": point["variant"], "sweeper.seed": str(point["seed"])})
         run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
-        own = {k: v for k, v in trial_params(dict(trial.config)).items() if not SECRET_NAME.search(k)}
+        # known before anything else is written: a failed write must never lead to a second run
+        self.runs[trial.trial_id] = run.info.run_id
+        own = param_names({k: v for k, v in trial_params(dict(trial.config)).items() if not SECRET_NAME.search(k)})
         self.c.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in own.items()])
         self.logged_params[run.info.run_id] = set(own)
         return run.info.run_id
@@ -201,7 +207,7 @@ class MLflowTrialLogger(Callback):
         if run_id not in self.logged_params:  # a run of an earlier launch: ask what it has
             self.logged_params[run_id] = set(self.c.get_run(run_id).data.params)
         done = self.logged_params[run_id]
-        new = {k: v for k, v in flatten(config).items() if k not in done and not SECRET_NAME.search(k)}
+        new = param_names({k: v for k, v in flatten(config).items() if not SECRET_NAME.search(k)}, done)
         if new:  # MlflowClient splits the batch past MLflow's 100 params per call
             self.c.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in new.items()])
             done |= set(new)
@@ -253,13 +259,16 @@ class MLflowTrialLogger(Callback):
             last, now = epoch, int(time.time() * 1000)
             metrics += [Metric(metric_key(k), float(v), now, epoch) for k, v in result.items()
                         if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and not math.isnan(float(v))]
+                        and math.isfinite(float(v))]  # NaN/inf: no value (a diverged epoch is not reported)
             if result.get(OOM_RETRIES):  # the OOM fallback changed how the trial trains: say so
                 tags += [RunTag("sweeper.oom_retries", str(result[OOM_RETRIES])),
                          RunTag("sweeper.micro_batches", str(result.get(MICRO_BATCHES)))]
         kind, detail = record.end or (None, None)
         if kind == "complete":
             tags += [RunTag(k, v) for k, v in end_tags(detail, self.sweep.max_t, self.time_key).items()]
+            ok = feasible(getattr(self.sweep.spec, "constraints", []), detail or {})
+            if ok is not None:  # `constraints`: judged on the last result, as the searcher judges it
+                tags.append(RunTag("sweeper.feasible", str(ok).lower()))
         elif kind in ("error", "diverged"):
             tags += [RunTag("sweeper.status", "diverged" if kind == "diverged" else "failed"),
                      RunTag("sweeper.error", _last_line(detail)[:5000])]
@@ -371,6 +380,28 @@ def _pickled_error(trial) -> BaseException | None:  # noqa: ANN001
         return trial.get_pickled_error()
     except Exception:  # noqa: BLE001 - an unpicklable or missing error is just not a divergence
         return None
+
+
+def param_names(values: dict[str, Any], taken: set[str] | None = None) -> dict[str, Any]:
+    """`values` under names MLflow accepts as param keys: a command task's `+trainer.precision`,
+    `~key`, `a;b` or `a//b` is logged as `_trainer.precision`, `_key`, `a_b`, `a__b` (as
+    `store.metric_key` does for metrics; `/` kept where the path is plain); keys already in
+    `taken` are left out, and two keys that clean to one name get `_2`, `_3`... in order."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = metric_key(str(key))
+        norm = posixpath.normpath(name) if name else "_"
+        if norm != name or norm == "." or norm.startswith(("..", "/")):
+            name = name.replace("/", "_").replace("..", "__")
+            name = "_" if name in ("", ".") else name
+        if taken is not None and name in taken:
+            continue
+        base, n = name, 1
+        while name in out:
+            n += 1
+            name = f"{base}_{n}"
+        out[name] = value
+    return out
 
 
 def _param_text(value: Any) -> str:

@@ -12,7 +12,12 @@ or a command trial's script exited before its planned length), and once per (re)
 effective config the trial trains with (`results.TRIAL_CONFIG`: resolved workers and
 micro-batches, device, AMP, library versions), which is what MLflow logs. With `early_stopping`,
 every new best is checkpointed too, whatever `checkpoint.min_interval_s` says, so the epoch a
-trial that stops by patience is judged by has its checkpoint.
+trial that stops by patience is judged by has its checkpoint. With `scheduler.promote`, every
+rung epoch is checkpointed too: the trial pauses there and is resumed from that epoch.
+Time budgets (`sweeper.time_budget`): a trial that has trained `budget.trial_time_limit` ends after
+that epoch (`stop_reason: time_limit`, checkpointed); after the launch's `budget.time_limit` the
+epoch that ends is checkpointed and marked `results.PARKED`, and the trial waits to be stopped with
+the launch; on GPUs every report carries `gpu_seconds` (Ray adds `time_total_s` itself).
 
     trainable = tune.with_parameters(run_trial, sweep=sweep)
 """
@@ -30,7 +35,7 @@ from typing import Any
 
 from ray import tune
 
-from sweeper import results
+from sweeper import results, time_budget
 from sweeper.config import Sweep, build_trial, redact, script_params, trial_params
 
 STATE_FILE = "trial_state.pt"
@@ -139,12 +144,14 @@ def _raise_if_worker_crash(exc: RuntimeError, during: str) -> None:
         raise crash from exc
 
 
-def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
+def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) -> None:
     """Train one trial; `config` holds the searched values as dotted keys (`train.lr`), or an
-    ablation point (`{"ablation": {"variant", "seed", "params"}}`)."""
+    ablation point (`{"ablation": {"variant", "seed", "params"}}`). `launch_clock` is the launch's
+    `budget.time_limit` clock (`sweeper.time_budget.Clock`): after its deadline, the epoch that
+    ends is checkpointed and the trial waits to be stopped with the launch, resumable."""
     config = trial_params(config)
     if sweep.spec.command is not None:
-        run_command_trial(config, sweep)
+        run_command_trial(config, sweep, launch_clock)
         return
     import torch
 
@@ -185,7 +192,14 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     task, epoch, progress = build()
     keep_best = sweep.spec.early_stopping is not None
     last_epoch = min(epochs, sweep.max_t)
+    # promotion ASHA pauses a trial at each rung and resumes it from there: a checkpoint of that epoch
+    rungs = set(pause_rungs(sweep))
     last_saved = time.monotonic()
+    deadline = time_budget.trial_deadline(launch_clock)  # the first trial to train starts the launch's clock
+    clock = time_budget.TrialClock(saved.get(time_budget.TRAINED_S, 0.0) if saved else 0.0,
+                                   sweep.spec.resources.gpu if device == "cuda" else 0.0)
+    if time_budget.past(deadline):  # started after the launch's time limit: train nothing
+        time_budget.wait_at_start(launch_clock, tune.get_context().get_trial_id())
     while epoch <= epochs:
         try:
             metrics = dict(task.train_one_epoch(epoch))
@@ -222,21 +236,42 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         patience_out = progress.exhausted and epoch < last_epoch
         if patience_out:
             metrics[results.STOP_REASON] = results.PATIENCE
+        # budget.trial_time_limit: the trial's time is up after this epoch
+        timed_out = not patience_out and epoch < last_epoch and clock.over(sweep.spec.budget.trial_time_limit)
+        if timed_out:
+            metrics[results.STOP_REASON] = results.TIME_LIMIT
+        parked = not (patience_out or timed_out) and epoch < last_epoch and time_budget.past(deadline)
+        if parked:
+            metrics[results.PARKED] = True  # budget.time_limit: checkpoint this epoch, then wait
+        metrics.update(clock.metrics())
         if pending_config is not None:
             metrics[results.TRIAL_CONFIG], pending_config = pending_config, None
-        due = time.monotonic() - last_saved >= sweep.spec.checkpoint.min_interval_s
-        if not (due or epoch >= last_epoch or (keep_best and new_best)):
+        due = time.monotonic() - last_saved >= sweep.spec.checkpoint.min_interval_s or epoch in rungs
+        if not (due or epoch >= last_epoch or (keep_best and new_best) or timed_out or parked):
             tune.report(metrics)
         else:
             last_saved = time.monotonic()
             saved = {"task": task.state_dict(), "task_name": sweep.spec.task, "source": STATE_FILE, "epoch": epoch,
-                     **progress.state(), "oom_retries": oom_retries, "micro_batches": cfg.train.micro_batches}
+                     **progress.state(), "oom_retries": oom_retries, "micro_batches": cfg.train.micro_batches,
+                     time_budget.TRAINED_S: clock.total_s}
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(saved, os.path.join(tmp, STATE_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        if patience_out:
-            return  # converged: its best epoch's checkpoint is kept (Tune scores them by the objective)
+        if patience_out or timed_out:
+            return  # converged, or out of time: its checkpoints are kept (Tune scores them by the objective)
+        if parked:
+            time_budget.wait_to_be_stopped()
         epoch += 1
+
+
+def pause_rungs(sweep: Sweep) -> list[int]:
+    """The epochs at which `scheduler.promote` pauses a trial (each needs its checkpoint); none without it."""
+    sched = sweep.spec.scheduler
+    if not getattr(sched, "promote", False):
+        return []
+    from sweeper.rungs import promotion_rungs
+
+    return promotion_rungs(sched.grace_period, sched.reduction_factor, sweep.max_t)
 
 
 def effective_config(cfg: Any, runtime: dict[str, Any]) -> str:
@@ -256,7 +291,7 @@ def effective_config(cfg: Any, runtime: dict[str, Any]) -> str:
     return json.dumps(redact(doc), default=str)
 
 
-def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
+def run_command_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) -> None:
     """A `task: command` trial: the user's script in a subprocess, one `tune.report` per epoch
     (or per step it reports, with `command.time_key: step`).
 
@@ -282,12 +317,20 @@ def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
     pending_config: str | None = json.dumps(redact({**params, "runtime": {"gpu_ids": gpu_ids}}), default=str)
     objective, time_key = spec.objective.metric, results.time_attr(spec.command)
     progress = Progress.for_sweep(sweep)
+    state: dict[str, Any] = {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            progress = Progress.for_sweep(sweep, trial.restore(Path(ckpt_dir)))
+            state = trial.restore(Path(ckpt_dir)) or {}
+            progress = Progress.for_sweep(sweep, state)
+    deadline = time_budget.trial_deadline(launch_clock)  # the first trial to train starts the launch's clock
+    clock = time_budget.TrialClock(state.get(time_budget.TRAINED_S, 0.0), spec.resources.gpu if gpu_ids else 0.0)
+    if time_budget.past(deadline):  # started after the launch's time limit: run nothing
+        time_budget.wait_at_start(launch_clock, tune.get_context().get_trial_id())
     epochs_total = sweep.max_t
-    planned = spec.scheduler.max_t or spec.command.epochs  # None: the script alone knows its length
+    # None: the script alone knows its length (on `time_attr: time_total_s`, max_t is seconds)
+    planned = (spec.scheduler.max_t if spec.scheduler.time_attr == "epoch" else None) or spec.command.epochs
+    trial.planned = planned  # once the script reported it, its work is done (it may run on: a final save)
     keep_best = spec.early_stopping is not None
     last_saved = time.monotonic()
     last: dict[str, Any] | None = None  # the last report, if it gave no stop reason
@@ -301,21 +344,31 @@ def run_command_trial(config: dict[str, Any], sweep: Sweep) -> None:
                 reason = results.PATIENCE
             elif trial.at_end and planned is not None and epoch < planned:
                 reason = results.SCRIPT
+            elif clock.over(spec.budget.trial_time_limit) and (planned is None or epoch < planned):
+                reason = results.TIME_LIMIT
             if reason:
                 metrics[results.STOP_REASON] = reason
+            parked = not reason and not trial.at_end and (planned is None or epoch < planned) \
+                and time_budget.past(deadline)
+            if parked:
+                metrics[results.PARKED] = True  # budget.time_limit: checkpoint this report, then wait
+            metrics.update(clock.metrics())
             if pending_config is not None:
                 metrics[results.TRIAL_CONFIG], pending_config = pending_config, None
             due = time.monotonic() - last_saved >= spec.checkpoint.min_interval_s
-            if not (due or epoch >= epochs_total or (keep_best and new_best)):
+            if not (due or epoch >= epochs_total or (keep_best and new_best) or reason == results.TIME_LIMIT or parked):
                 tune.report(metrics)
             else:
                 last_saved = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
-                    trial.snapshot(Path(tmp), {"epoch": epoch, **progress.state()})
+                    trial.snapshot(Path(tmp), {"epoch": epoch, **progress.state(), time_budget.TRAINED_S: clock.total_s})
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             last = None if reason else metrics
-            if reason == results.PATIENCE:
+            if reason in (results.PATIENCE, results.TIME_LIMIT):
                 break  # the `finally` stops the script
+            if parked:
+                trial.stop()  # the script would train on past its checkpoint
+                time_budget.wait_to_be_stopped()
         else:
             if last is not None and planned is not None and last[time_key] < planned:
                 # the script exited 0 after its last report was already out (it was quiet for a while

@@ -122,6 +122,12 @@ SWEEP_CASES = [
     SweepCase("fixed_and_searched", "search.train.lr", "both fixed in `base` and searched", (" lr: 0.01,", "")),
     SweepCase("grace_period_beyond_epochs", "scheduler.grace_period", "exceeds max_t (2)",
               ("grace_period: 5", "grace_period: 1")),
+    SweepCase("promote_with_fifo", "scheduler.promote", "scheduler 'fifo' has no rungs",
+              ("name: fifo, promote: true", "name: asha, promote: true")),
+    SweepCase("timed_asha_without_max_t", "scheduler.max_t", "needs its last rung in seconds",
+              ("grace_period: 1m}", "grace_period: 1m, max_t: 10m}")),
+    SweepCase("time_limit_not_a_duration", "budget.time_limit", "'30m2h' is not a duration",
+              ("time_limit: 30m2h", "time_limit: 2h30m")),
     SweepCase("missing_objective", "objective", "is required", ("budget:", "objective: {metric: map50}\nbudget:")),
     SweepCase("missing_data_file", "data.train", "coco/trian.json does not exist", ("trian", "train"), stage="data"),
     SweepCase("missing_weights_file", "base.model.weights", "nowhere/resnet18.pth not found",
@@ -131,6 +137,8 @@ SWEEP_CASES = [
     SweepCase("bad_name", "name", "letters, digits", ("bad/name", "bad-name")),
     SweepCase("markup_in_value", "name", "(got 'bad[/]name')", ("bad[/]name", "bad-name")),
     SweepCase("fractional_gpus", "resources.gpu", "not e.g. 1.5", ("gpu: 1.5", "gpu: 1")),
+    SweepCase("webhook_not_http", "notify.webhook", "must be an http:// or https:// URL (got scheme 'ftp')",
+              ('"ftp://', '"https://')),
     SweepCase("dbnet_wrong_data_format", "data.format", "reads ufo or icdar2015, not 'coco'",
               ("format: coco", "format: ufo")),
     SweepCase("command_without_overrides_placeholder", "command.run", "no {overrides} placeholder",
@@ -377,6 +385,37 @@ def _word_dropped(images: list[Any]) -> None:
     assert len(images[0].polys) == len(images[0].texts) == len(images[0].ignore)
 
 
+def _write(target: str, data: bytes) -> Callable[[Path], dict[str, str]]:
+    def mutate(d: Path) -> dict[str, str]:
+        (d / target).write_bytes(data)
+        return {}
+    return mutate
+
+
+_DEEP = b"[" * 100_000 + b"]" * 100_000  # a RecursionError for json, unless the reader catches it
+_LATIN1 = '{"images": "caf\u00e9"}'.encode("latin-1")
+
+
+def _empty_image(which: str) -> Callable[[Path], dict[str, str]]:
+    def mutate(d: Path) -> dict[str, str]:
+        file, names = _first_image(d, which)
+        file.write_bytes(b"")
+        return {**names, "img": str(file)}
+    return mutate
+
+
+def _ufo_transcription(value: Any) -> Callable[[Path], dict[str, str]]:
+    def mutate(d: Path) -> dict[str, str]:
+        path = d / "receipts" / "train.json"
+        data = json.loads(path.read_text())
+        name, entry = next(iter(data["images"].items()))
+        wid, word = next(iter(entry["words"].items()))
+        word["transcription"] = value
+        _save(path, data)
+        return {"name": name, "wid": wid}
+    return mutate
+
+
 DATA_CASES = [
     # ---- COCO (detection)
     DataCase("coco_missing_annotation_file", "coco", _unlink("coco/train.json"), ["{ann}: annotation file not found"]),
@@ -415,6 +454,19 @@ DATA_CASES = [
              ["{ann}: dropped 1 annotation(s) with zero or negative box size", "{where}"], repair=_dropped_one),
     DataCase("coco_negative_width", "coco", _edit_coco(_resize_box(w=-4)),
              ["{ann}: dropped 1 annotation(s) with zero or negative box size", "{where}"], repair=_dropped_one),
+    DataCase("coco_string_iscrowd", "coco", _edit_coco(_set_ann("iscrowd", "0")),
+             ["{ann}: {where}: iscrowd must be 0 or 1, got '0'"]),
+    DataCase("coco_list_as_image_id", "coco", _edit_coco(lambda data: data["images"][0].update(id=[1]) or {}),
+             ["{ann}: images[0].id must be an integer id, got [1]"]),
+    DataCase("coco_dict_as_category_id", "coco", _edit_coco(_set_ann("category_id", {"id": 1})),
+             ["{ann}: annotations[0].category_id must be an integer id"]),
+    DataCase("coco_no_boxes", "coco", _edit_coco(lambda data: data.update(annotations=[]) or {}),
+             ["{ann}: no annotation gives a box to train on", "a detector would learn no object"]),
+    DataCase("coco_deeply_nested_json", "coco", _write("coco/train.json", _DEEP),
+             ["{ann}: annotation file nests JSON arrays/objects too deeply"]),
+    DataCase("coco_not_utf8", "coco", _write("coco/train.json", _LATIN1),
+             ["{ann}: cannot read annotation file: 'utf-8' codec"]),
+    DataCase("coco_empty_image_file", "coco", _empty_image("coco"), ["{img}: cannot read image", "image id {id}"]),
     # ---- UFO / ICDAR-2015 (dbnet)
     DataCase("ufo_missing_annotation_file", "ufo", _unlink("receipts/train.json"),
              ["{ann}: annotation file not found"]),
@@ -442,6 +494,15 @@ DATA_CASES = [
     DataCase("icdar_line_not_numbers", "icdar", lambda d: {"gt": str(DATASETS / "icdar_bad_line" / "gt_000001.txt")},
              ["{gt}:3: the first 8 fields must be numbers"]),
     DataCase("icdar_missing_image", "icdar", _icdar_missing_image, ["{gt}: image not found in {images}"]),
+    DataCase("ufo_number_transcription", "ufo", _ufo_transcription(42),
+             ["{ann}: images['{name}'].words['{wid}'].transcription must be a string (or null), got int 42"]),
+    DataCase("ufo_list_transcription", "ufo", _ufo_transcription(["a", "b"]),
+             ["{ann}: images['{name}'].words['{wid}'].transcription must be a string"]),
+    DataCase("ufo_deeply_nested_json", "ufo", _write("receipts/train.json", b'{"images": ' + _DEEP + b"}"),
+             ["{ann}: JSON arrays/objects nested too deeply"]),
+    DataCase("ufo_not_utf8", "ufo", _write("receipts/train.json", _LATIN1), ["{ann}: cannot read annotation file"]),
+    DataCase("ufo_empty_image_file", "ufo", _empty_image("ufo"),
+             ["{img}: cannot read image: file is empty (0 bytes)", "{ann} images['{id}']"]),
 ]
 
 

@@ -33,10 +33,10 @@ def test_spearman() -> None:
 
 
 def test_demo_sweep_loads_as_the_grid_it_says(tmp_path: Path) -> None:
+    from sweeper.tasks.detection.synth import make_synthetic_coco
+
     data = tmp_path / "data"
-    (data / "images").mkdir(parents=True)  # the paths must exist (they are not read here)
-    for name in ("train.json", "val.json"):
-        (data / name).write_text("{}")
+    make_synthetic_coco(data, images=2, size=32, seed=0)  # real: the driver reads it before dispatch
     doc = common.demo_sweep("bench-x", data, lrs=[1e-3, 3e-3], epochs=3, resolution=64, concurrent=2,
                             scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 3}, cpu=2,
                             model={"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 16},
@@ -76,6 +76,7 @@ def test_plain_trials_run_the_task_code_epoch_by_epoch_in_order() -> None:
     for cfg, result in zip(configs, results):
         distance = (cfg["x"] - 0.3) ** 2
         assert result["train"] == {"train/loss": pytest.approx(distance / 2)}  # the last epoch's: epoch 2
-        assert result["eval"] == {"score": pytest.approx(1 - distance)} and result["wall_s"] >= 0
+        assert result["eval"] == {"score": pytest.approx(1 - distance), "cost": pytest.approx(cfg["x"] + cfg["y"])}
+        assert result["wall_s"] >= 0
     one = common.plain_trial(configs[1], epochs=1)
     assert one["train"] == {"train/loss": pytest.approx(0.04)} and one["eval"] == {}

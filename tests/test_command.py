@@ -271,3 +271,135 @@ def test_a_step_script_reports_every_50_steps_and_says_when_it_ended_itself(tmp_
     assert [s for s, _, _ in seen] == [50, 100, 150]
     assert all(keys == ["train/loss", "val/acc", "val/loss"] for _, keys, _ in seen)  # no `step` among the values
     assert [end for _, _, end in seen] == [False, False, True]
+
+
+# --------------------------------------------------------------------------- keys no shell may see unquoted
+ODD_KEYS = {"+trainer.precision": 16, "~model.ema": None, "opt;touch PWNED_K": 1, "run name": "$(touch PWNED_V)",
+            "tag": "a;b|c&`touch PWNED_B` 'q' \"d\" >x"}
+
+
+@pytest.mark.parametrize("style", ["hydra", "argparse", "env"])
+def test_odd_keys_and_shell_metacharacters_reach_the_script_as_one_word_each(tmp_path: Path, style: str) -> None:
+    """Hydra's `+key` / `~key`, keys with `;` or spaces, values with `$(...)`, backticks, quotes and
+    redirections: each is one argument (or one variable) for the script, nothing runs, no file appears."""
+    code = ("import json, os, sys; print(json.dumps([sys.argv[1:], "
+            "{k: v for k, v in os.environ.items() if k.startswith('SWEEPER_PARAM_')}]))")
+    line, env = render_command(f"{{python}} -c {code!r} {{overrides}}", ODD_KEYS, style,
+                               trial_dir=str(tmp_path), python=sys.executable)
+    out = subprocess.run(line, shell=True, cwd=tmp_path, env={**os.environ, **env}, capture_output=True,
+                         text=True, check=True).stdout
+    argv, seen_env = json.loads(out)
+    words, want_env = render_overrides(ODD_KEYS, style)
+    assert argv == words and seen_env == want_env
+    assert list(tmp_path.iterdir()) == []  # no PWNED_* file, no `x` from a redirection
+    if style == "hydra":
+        assert argv[0] == "+trainer.precision=16" and argv[1] == "~model.ema=null"
+        assert argv[3] == "run name='$(touch PWNED_V)'"  # a Hydra-quoted string
+    elif style == "argparse":
+        assert argv[:2] == ["--+trainer.precision", "16"] and argv[6:8] == ["--run name", "$(touch PWNED_V)"]
+    else:
+        assert seen_env["SWEEPER_PARAM__TRAINER_PRECISION"] == "16"
+        assert seen_env["SWEEPER_PARAM_OPT_TOUCH_PWNED_K"] == "1"
+
+
+# --------------------------------------------------------------------------- non-finite objectives
+@pytest.mark.parametrize("via", ["stdout", "jsonl", "csv"])
+@pytest.mark.parametrize("value", ["nan", "inf", "minus_inf"])
+def test_a_nan_or_infinite_objective_is_a_divergence_not_a_value(tmp_path: Path, via: str, value: str) -> None:
+    from sweeper.results import NonFiniteLossError, is_divergence
+
+    out = tmp_path / f"metrics.{via}"
+    metrics = "stdout" if via == "stdout" else f"{via}:{out}"
+    spec = _spec(f"{sys.executable} {SCRIPTS / 'nonfinite.py'} {{overrides}}", tmp_path, metrics=metrics)
+    trial = CommandTrial(spec, {"value": value, "via": via, "out": str(out)}, trial_dir=str(tmp_path / "t"),
+                         objective="score")
+    got = []
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2: the command reported score = (nan|inf|-inf)") as exc:
+        for epoch, m in trial.epochs():
+            got.append((epoch, m["score"]))
+    leader = trial.process.proc.pid
+    trial.stop()
+    assert got == [(1, 0.5)]  # the diverged epoch is never handed out as a value
+    assert is_divergence(exc.value)
+    assert _wait_dead([leader], timeout=1) == []
+
+
+# --------------------------------------------------------------------------- process trees
+def _tree_trial(tmp_path: Path, mode: str, grace: float, **params: object) -> tuple[CommandTrial, Path]:
+    pids = tmp_path / "pids"
+    spec = _spec(f"{sys.executable} {SCRIPTS / 'process_tree.py'} {{overrides}}", tmp_path, stop_grace_s=grace)
+    trial = CommandTrial(spec, {"mode": mode, "epochs": 2, "pid_file": str(pids), **params},
+                         trial_dir=str(tmp_path / "t"), objective="score")
+    trial.planned = 2
+    return trial, pids
+
+
+def _token_holders(token: str) -> list[int]:
+    """Processes whose environment still carries the trial's marker."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _alive(int(name)):
+            try:
+                if f"SWEEPER_TRIAL_TOKEN={token}".encode() in Path(f"/proc/{name}/environ").read_bytes().split(b"\0"):
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_a_script_that_never_exits_after_its_last_epoch_is_ended_within_the_grace_period(
+        tmp_path: Path, ignore_term: bool) -> None:
+    trial, pids = _tree_trial(tmp_path, "hang", 2.0, ignore_term=ignore_term)
+    try:
+        assert [e for e, _ in trial.epochs()] == [1, 2]  # returns: its work is done, though it runs on
+        started = [int(p) for p in pids.read_text().split()]
+        assert all(_alive(p) for p in started)
+        t0 = time.monotonic()
+    finally:
+        trial.stop()
+    took = time.monotonic() - t0
+    assert took <= 2.5, took  # stop_grace_s, SIGKILL included
+    assert _wait_dead(started, timeout=0.5) == [] and _token_holders(trial.process.token) == []
+
+
+def test_a_setsid_daemon_holding_stdout_is_found_and_ended(tmp_path: Path) -> None:
+    trial, pids = _tree_trial(tmp_path, "daemon", 2.0)
+    t0 = time.monotonic()
+    try:
+        assert [e for e, _ in trial.epochs()] == [1, 2]
+        took = time.monotonic() - t0
+    finally:
+        trial.stop()
+    leader, daemon = [int(p) for p in pids.read_text().split()]
+    assert took < 8, took  # not stuck reading the stdout the daemon keeps open
+    assert _wait_dead([leader, daemon], timeout=0.5) == [] and _token_holders(trial.process.token) == []
+    assert "daemon: still here" in (tmp_path / "t" / "command.log").read_text()
+
+
+def test_a_setsid_daemon_is_found_while_the_script_still_runs(tmp_path: Path) -> None:
+    """Stopped mid-run (as ASHA does): the daemon, in its own session, is ended with the script."""
+    trial, pids = _tree_trial(tmp_path, "daemon", 2.0, epochs=100)
+    it = trial.epochs()
+    next(it)
+    leader, daemon = [int(p) for p in pids.read_text().split()]
+    with open(f"/proc/{daemon}/stat") as fh:
+        _, ppid, pgrp, sid = fh.read().rsplit(")", 1)[1].split()[:4]
+    assert int(ppid) != leader and int(pgrp) != trial.process.pgid and int(sid) != trial.process.pgid  # escaped
+    trial.stop()
+    assert _wait_dead([leader, daemon], timeout=0.5) == []
+
+
+def test_the_final_save_after_the_last_report_is_not_cut_short(tmp_path: Path) -> None:
+    saved = tmp_path / "final.pt"
+    trial, pids = _tree_trial(tmp_path, "final_save", 4.0, save=str(saved), save_s=1.5)
+    try:
+        assert [e for e, _ in trial.epochs()] == [1, 2]
+        t0 = time.monotonic()
+    finally:
+        trial.stop()  # right after the last report: as the trainable does when Tune ends the trial
+    took = time.monotonic() - t0
+    assert saved.read_text() == "final model\n"
+    assert trial.process.proc.returncode == 0  # it exited by itself, not by a signal
+    assert took < 3.5, took  # it waited for the script, not for the whole grace period
+    assert _wait_dead([int(p) for p in pids.read_text().split()], timeout=0.5) == []

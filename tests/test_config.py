@@ -34,10 +34,10 @@ def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
 
 @pytest.fixture()
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "d"
-    (d / "images").mkdir(parents=True)
-    (d / "train.json").write_text("{}")
-    (d / "val.json").write_text("{}")
+    from sweeper.tasks.detection.synth import make_synthetic_coco
+
+    d = tmp_path / "d"  # a real (tiny) dataset: the driver reads it before dispatch
+    make_synthetic_coco(d, images=2, size=32, seed=0)
     monkeypatch.chdir(tmp_path)
     return d
 
@@ -375,9 +375,16 @@ objective: {metric: map50, mode: max}
 
 
 def _coco(path: Path, n: int, cats: list[dict] | None = None) -> None:
+    """n images of one box each, their (tiny, real) files in images/: the driver reads them all."""
+    from PIL import Image
+
+    cats = cats or [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     images = [{"id": i + 1, "file_name": f"{i}.png"} for i in range(n)]
-    path.write_text(json.dumps({"images": images, "annotations": [],
-                                "categories": cats or [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": cats[0]["id"], "bbox": [1, 1, 4, 4]} for i in range(n)]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    for img in images:
+        if not (path.parent / "images" / img["file_name"]).exists():
+            Image.new("RGB", (8, 8)).save(path.parent / "images" / img["file_name"])
 
 
 @pytest.fixture()

@@ -30,6 +30,22 @@ CASES = [
     ("tracking.uri=ftp://host/x", "tracking.uri", "unknown scheme 'ftp'"),
     ("tracking.uri=mlruns", "tracking.uri", "MLflow's file store"),
     ("tracking.uri=http://", "tracking.uri", "names no host"),
+    ("notify={webhook: 'ftp://hooks.example/s3cr3t'}", "notify.webhook", "must be an http:// or https:// URL"),
+    ("notify={webhook: 'hooks.example/s3cr3t', on: [end]}", "notify.webhook", "(got no scheme)"),
+    ("scheduler.grace_period=soon", "scheduler.grace_period", "a whole number (>= 1) or auto"),
+    ("scheduler={name: fifo, promote: true}", "scheduler.promote", "scheduler 'fifo' has no rungs"),
+    ("scheduler={promote: true, brackets: 2}", "scheduler.brackets", "one bracket"),
+    ("scheduler={promote: true, reduction_factor: 3}", "budget.num_samples", "would stop at grace_period"),
+    ("search.start_from=[{x: 1.5}]", "search.start_from[0].x", "1.5 is outside [0, 1]"),
+    ("search.start_from=[{x: 0.5, y: 1}]", "search.start_from[0].y", "'y' is not searched"),
+    ("search.start_from=[{x: 0.1}, {x: 0.2}, {x: 0.3}]", "search.start_from", "lists 3 points but the sweep runs 2"),
+    ("search.warm_start={sweep: earlier}", "search.warm_start.sweep", "no MLflow store at"),
+    ("constraints=[{metric: costs, max: 1}]", "constraints[0].metric", "does not report 'costs'"),
+    ("search_alg={name: random, sampler: gp}", "search_alg.sampler", "is an Optuna sampler"),
+    ("budget.time_limit=soon", "budget.time_limit", "'soon' is not a duration"),
+    ("budget.trial_time_limit=-5", "budget.trial_time_limit", "must be positive"),
+    ("scheduler={time_attr: time_total_s}", "scheduler.max_t", "needs its last rung in seconds"),
+    ("scheduler={time_attr: time_total_s, max_t: 1h, grace_period: 2h}", "scheduler.grace_period", "exceeds max_t"),
 ]
 
 
@@ -101,3 +117,17 @@ def test_resume_of_a_damaged_state_file_says_what_to_do(tmp_path: Path) -> None:
     (exp / "sweeper.json").write_text(json.dumps(["not", "a", "state"]))
     res = CliRunner().invoke(app, ["resume", str(exp)])
     assert res.exit_code == 2 and "not a sweeper state file" in res.output
+
+
+@pytest.mark.parametrize("args, field, message", [
+    (["t", "--top", "0"], "--top", "must be at least 1"),
+    (["t", "--seeds", "1"], "--seeds", "must be at least 2"),
+    (["t"], "NAME", "no sweep named 't'"),
+])
+def test_confirm_refuses_before_reading_or_running_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             args: list[str], field: str, message: str) -> None:
+    """`sweeper confirm`'s counts and an unknown sweep (tests/test_confirm.py: ablations, too few trials)."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["confirm", *args])
+    assert res.exit_code == 2 and f"{field}: {message}" in res.output, res.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()

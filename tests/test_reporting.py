@@ -205,8 +205,8 @@ def test_search_outputs_and_progress(search: tuple[dict, list[str]]) -> None:
     _check_outputs(result)
     names = {f.name for f in result["figures"]}
     assert names == {"learning_curves.png", "parallel_coordinates.png", "scatter_train.lr.png",
-                     "scatter_train.optimizer.png", "importances.png"}
-    for step in ("learning curves", "parallel coordinates", "parameter importances"):
+                     "scatter_train.optimizer.png", "importances.png", "rank_correlation.png"}
+    for step in ("learning curves", "parallel coordinates", "parameter importances", "early-stopping diagnosis"):
         assert step in messages
 
 
@@ -251,6 +251,33 @@ def test_report_is_deterministic(tmp_path: Path) -> None:
     assert body(first["markdown"]) == body(second["markdown"])
     for a, b in zip(first["figures"], second["figures"]):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_search_has_the_early_stopping_section(search: tuple[dict, list[str]]) -> None:
+    """The fabricated search's curves (value * epoch / 6) never change order: rho 1 at every
+    epoch over the 5 trials that reached epoch 6; the 2 stopped at epoch 2 are truncated."""
+    md = search[0]["markdown"].read_text()
+    section = md.split("## Can early stopping be trusted?\n", 1)[1].split("\n## ", 1)[0]
+    assert section.startswith("\nRanks settle at epoch 1. Recommended: scheduler: {name: asha, grace_period: 1}.")
+    rows = _table_rows(section, "| epoch | n | rho | 95% CI |")
+    assert rows == [[str(e), "5", "1.00", "[1.00, 1.00]", "settled"] for e in range(1, 6)]
+    assert "- 2 trial(s) stopped before epoch 6" in section and "survivors" in section
+    assert "Can early stopping be trusted?" in search[0]["html"].read_text()
+
+
+def test_early_stopping_section_says_why_it_cannot_diagnose(tmp_path: Path) -> None:
+    data = _search_data()
+    data["trials"] = [t for t in data["trials"] if t["status"] != "finished"] + data["trials"][:1]  # s6, s7, s8, s1
+    result, _ = _run(data, tmp_path)
+    md = result["markdown"].read_text()
+    section = md.split("## Can early stopping be trusted?\n", 1)[1].split("\n## ", 1)[0]
+    assert section.strip() == ("Not diagnosed: 3 trial(s) reported map50 per epoch; a rank correlation needs at "
+                               "least 4: run a pilot with more trials.")
+    assert "rank_correlation.png" not in {f.name for f in result["figures"]}
+
+
+def test_ablation_report_has_no_early_stopping_section(ablation: tuple[dict, list[str]]) -> None:
+    assert "Can early stopping be trusted?" not in ablation[0]["markdown"].read_text()
 
 
 # ---------------------------------------------------------------- multi-objective

@@ -179,9 +179,9 @@ def test_multi_objective_search_completes_finished_trials_and_prunes_stopped_one
     (Optuna keeps none for multi-objective studies and would raise)."""
     from sweeper.search import build_searcher
 
-    (tmp_path / "d" / "images").mkdir(parents=True)
-    for name in ("train.json", "val.json"):
-        (tmp_path / "d" / name).write_text("{}")
+    from sweeper.tasks.detection.synth import make_synthetic_coco
+
+    make_synthetic_coco(tmp_path / "d", images=2, size=32, seed=0)  # real: the driver reads it before dispatch
     sweep_file = tmp_path / "mo.yaml"
     sweep_file.write_text(
         "name: mo\ntask: detection\ndata: {train: d/train.json, val: d/val.json, images: d/images}\n"

@@ -21,6 +21,7 @@ from sweeper.config.trial import (
     build_trial,
     redact,
     redact_uri,
+    redact_webhook,
     script_params,
     trial_config,
     trial_model,
@@ -29,6 +30,6 @@ from sweeper.config.trial import (
 
 __all__ = [
     "MAX_ABLATION_TRIALS", "MAX_SEEDS", "REDACTED", "SECRET_NAME", "Sweep", "SweepConfigError", "as_trial_config",
-    "build_trial", "check_paths", "flatten", "get_or_none", "load_sweep", "metric_known", "parse_override", "redact", "redact_uri",
+    "build_trial", "check_paths", "flatten", "get_or_none", "load_sweep", "metric_known", "parse_override", "redact", "redact_uri", "redact_webhook",
     "resolve_tracking_uri", "script_params", "set_dotted", "trial_config", "trial_model", "trial_params",
 ]

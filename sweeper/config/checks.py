@@ -303,6 +303,11 @@ def check_budget(file: Path, spec: SweepFile, dims: list[Dimension], base: dict[
                                "trials would all train the same configuration; add keys to `search` "
                                "or set budget.num_samples: 1")
     sched = spec.scheduler
+    if sched.time_attr == "time_total_s":
+        from sweeper.config.time_budget import check_timed_scheduler
+
+        check_timed_scheduler(file, spec)  # rungs in seconds: nothing to compare with the epochs
+        return
     if spec.command is not None:
         epochs, epochs_key = spec.command.epochs or sched.max_t or 1, "command.epochs"
     else:
@@ -353,3 +358,12 @@ def check_time_unit(file: Path, doc: dict[str, Any], task: TaskSpec) -> None:
     if sched.get("name", default) == "asha" and sched.get("max_t") is None:
         raise SweepConfigError(file, "scheduler.max_t", "ASHA needs the last step of a command trial on steps "
                                "(command.time_key: step): set scheduler.max_t, in steps")
+
+
+def check_notify(file: Path, spec: SweepFile) -> None:
+    """A webhook that is not an http(s) URL is refused at load, by a message that does not repeat
+    it (its path may be the secret); pydantic would echo the value."""
+    from sweeper.config.trial import webhook_problem
+
+    if spec.notify is not None and (problem := webhook_problem(spec.notify.webhook)):
+        raise SweepConfigError(file, "notify.webhook", problem)

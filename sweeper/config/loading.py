@@ -25,9 +25,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from sweeper.config import checks
+from sweeper.config import checks, sampling, search_start
+from sweeper.config.grace import resolve_grace_period
 from sweeper.config.sweep import (Sweep, SweepConfigError, flatten, get_dotted, get_or_none, is_data_key, set_dotted,
                                   suggest)
+from sweeper.config.promote import check_promote
+from sweeper.config.reportable import check_reportable
 from sweeper.config.trial import DATA_PATH_KEYS
 from sweeper.registry import TaskSpec, get_spec, task_names
 from sweeper.schema import Ablation, CommandConfig, DataConfig, Scheduler, SweepFile, Tracking
@@ -413,7 +416,13 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     for i, objective in enumerate(objectives):
         checks.check_objective(file, spec, task, objective,
                                "objective.metric" if len(objectives) == 1 else f"objective[{i}].metric")
+    spec = resolve_grace_period(spec, base, dims)  # `auto` becomes epochs before anything reads it
     checks.check_budget(file, spec, dims, base)
+    check_promote(file, spec, bool(dims))
+    sampling.check_sampler(file, spec, objectives)
+    sampling.check_constraints(file, spec, task)
+    search_start.check_search_start(file, spec, dims, spec.budget.num_samples)
+    checks.check_notify(file, spec)
 
     # paths become absolute: trials run elsewhere
     update: dict[str, Any] = {
@@ -442,6 +451,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
     raw.pop("include", None)
     sweep = Sweep(file=file, spec=spec, base=base, dimensions=dims, raw=raw, overrides=tuple(overrides or ()),
                   cwd=cwd, objectives=objectives)
+    check_reportable(sweep)  # a metric no trial config can produce (the data's classes: in check_paths)
     if check_data:
         check_paths(sweep)
     return sweep
@@ -463,6 +473,8 @@ def check_paths(sweep: Sweep) -> None:
         Path(p).exists() for p in (data.train, data.val, data.images) if p is not None)
     if data is not None and not generated_later:
         _check_data(sweep)
+        _check_data_contents(sweep)
+        check_reportable(sweep, with_data=True)
     _check_path_keys(sweep)
     for key in sweep.task.checkpoint_keys:
         value = get_or_none(sweep.base, key)
@@ -548,6 +560,28 @@ def _check_data(sweep: Sweep) -> None:
             if stray:
                 raise SweepConfigError(file, "data.folds.files", f"{fold_file} names image {stray[0]!r}, "
                                        f"which {path} does not hold; a fold file names images of data.train")
+
+
+def _check_data_contents(sweep: Sweep) -> None:
+    """Read every annotation file a trial may get, with every images directory, through the task's
+    own reader (`TaskSpec.check_data`), so a dataset every trial would fail on is refused here
+    (exit 2) instead of inside each trial while the launch exits 0. After `_check_data`, whose
+    errors (a missing file, categories that differ) are the more telling."""
+    checker = sweep.task.data_checker()
+    if checker is None or sweep.spec.data is None:
+        return
+    values = _data_values(sweep)
+    files: dict[str, str] = {}  # annotation file -> the first field naming it, the data section's first
+    for field, key, path in values:
+        if key in ("train", "val") and path is not None:
+            files.setdefault(path, field)
+    image_dirs = dict.fromkeys(path for _, key, path in values if key == "images" and path is not None)
+    for path, field in files.items():
+        for images in image_dirs:
+            try:
+                checker(path, images, split=field.rsplit(".", 1)[-1], format=sweep.spec.data.format)
+            except ValueError as exc:
+                raise SweepConfigError(sweep.file, field, str(exc)) from None
 
 
 def _names(cats: list[tuple[Any, str]] | None) -> str:

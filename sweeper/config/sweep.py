@@ -54,10 +54,20 @@ class Sweep(BaseModel):
 
     @property
     def max_t(self) -> int:
-        """The last epoch a trial may reach: ASHA's max_t, else the planned epochs."""
+        """The last epoch a trial may reach: ASHA's max_t, else the planned epochs. On
+        `scheduler.time_attr: time_total_s` ASHA's max_t is seconds (`asha_max_t`), not an epoch."""
+        timed = self.spec.scheduler.time_attr == "time_total_s"
+        rung_max = None if timed else self.spec.scheduler.max_t
         if self.spec.command is not None:
-            return self.spec.scheduler.max_t or self.spec.command.epochs or 1
-        return self.spec.scheduler.max_t or self.base["train"]["epochs"]
+            return rung_max or self.spec.command.epochs or 1
+        return rung_max or self.base["train"]["epochs"]
+
+    @property
+    def asha_max_t(self) -> int:
+        """ASHA's last rung, in its `scheduler.time_attr`: epochs (steps) as `max_t`, or seconds."""
+        if self.spec.scheduler.time_attr == "time_total_s" and self.spec.scheduler.max_t:
+            return self.spec.scheduler.max_t
+        return self.max_t
 
     @property
     def seed_key(self) -> str:

@@ -97,8 +97,9 @@ def build_trial(sweep: Sweep, params: dict[str, Any], *, artifacts_dir: str | No
     return trial_model(sweep.task).model_validate(cfg)
 
 
-#: names whose values are never logged or printed: tokens, secrets, passwords, credentials, API keys
-SECRET_NAME = re.compile(r"token|secret|passw(or)?d|credential|(^|[./])key$|(api|access|private|auth)[_-]?key$",
+#: names whose values are never logged or printed: tokens, secrets, passwords, credentials, API keys,
+#: webhooks (a Slack or Teams webhook's path is its credential)
+SECRET_NAME = re.compile(r"token|secret|passw(or)?d|credential|webhook|(^|[./])key$|(api|access|private|auth)[_-]?key$",
                          re.IGNORECASE)
 REDACTED = "***"
 
@@ -115,6 +116,42 @@ def redact(tree: Any) -> Any:
 def redact_uri(uri: str) -> str:
     """`uri` with the password of its `user:password@` part replaced by ***, for messages and logs."""
     return re.sub(r"(?<=://)([^/@:]*):[^/@]*@", rf"\1:{REDACTED}@", uri)
+
+
+def redact_webhook(url: str) -> str:
+    """`url` as `scheme://host[:port]/...`, for messages and logs: a webhook's path and query are
+    its credential (Slack's `hooks.slack.com/services/T../B../XXXX`), and so is a `user:pass@`."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: show nothing of it
+        return REDACTED
+    if not parts.scheme or not host:
+        return REDACTED
+    host = f"[{host}]" if ":" in host else host
+    rest = "/..." if (parts.path.strip("/") or parts.query or parts.fragment) else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
+
+
+def webhook_problem(url: str) -> str | None:
+    """Why `url` cannot be a webhook (None if it can): only http(s) URLs with a host are POSTed to.
+    The message never repeats the URL, which may hold a secret."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        return f"not a valid URL ({exc}); use http://HOST/PATH or https://HOST/PATH"
+    if parts.scheme.lower() not in ("http", "https"):
+        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        return f"must be an http:// or https:// URL (got {got}); e.g. https://hooks.slack.com/services/..."
+    if not parts.hostname:
+        return "names no host; use http://HOST/PATH or https://HOST/PATH"
+    return None
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:

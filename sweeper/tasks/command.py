@@ -10,7 +10,7 @@ script reports while it runs, one epoch (or step, with `time_key: step`) at a ti
             ...                                 # the trainable reports to Ray Tune here
             trial.at_end                        # True: the script exited 0 after this one
     finally:
-        trial.stop()                            # SIGTERM to the group, SIGKILL after a grace period
+        trial.stop()                            # every process it started ends (see below)
 
 Metrics come from stdout lines ``SWEEPER_METRICS {"epoch": 3, "val/hmean": 0.97}`` (what
 `sweeper.report.report` prints), or from a CSV / JSON-lines file the script appends to (a
@@ -19,6 +19,16 @@ complete once its objective was seen and a later epoch started, the source was q
 second, or the script ended. The record key holding the time is `time_key` (`epoch`, `step`, or
 a list tried in order: MMEngine's validation lines carry the epoch as `step`). Nothing here
 knows about Ray: the trainable drives it.
+
+An epoch whose objective is NaN or infinite raises `NonFiniteLossError`, as a built-in task's
+non-finite loss does: the trial is recorded as diverged, the value never becomes a best.
+
+Nothing the script started outlives the trial: its processes are found by process group, by
+parent links and by a per-trial marker in their environment (`command_guard.TOKEN_VAR`, which a
+`setsid()` daemon keeps). When the script has exited, what it left running is ended at once. When
+its work is done (it reported its planned last epoch, `planned`) but it runs on, `stop` gives it
+`stop_grace_s` to exit by itself (a final save is not cut short), then ends it; a trial stopped
+before that (ASHA) gets SIGTERM, then SIGKILL after `stop_grace_s`.
 """
 from __future__ import annotations
 
@@ -27,9 +37,11 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 import queue
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -39,6 +51,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from sweeper.results import NonFiniteLossError
+from sweeper.tasks.command_guard import end_pids
 
 METRICS_PREFIX = "SWEEPER_METRICS "
 GUARD = str(Path(__file__).with_name("command_guard.py"))
@@ -251,7 +266,8 @@ class MetricsFile:
 
 # --------------------------------------------------------------------------- the process
 class CommandProcess:
-    """The command in its own process group, output streamed to `log_path`."""
+    """The command in its own process group, output streamed to `log_path`; every process it starts
+    carries `SWEEPER_TRIAL_TOKEN=<token>` (unique to this process) in its environment."""
 
     def __init__(self, command: str, *, cwd: str, env: dict[str, str], log_path: Path,
                  stop_grace_s: float = 10.0, tail_lines: int = 30, shown: str | None = None) -> None:
@@ -261,8 +277,10 @@ class CommandProcess:
         self._log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
         self._log_lock = threading.Lock()
         self._log.write(f"$ {shown or command}\n")
+        self.token = secrets.token_hex(12)
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", GUARD, str(os.getpid()), str(stop_grace_s), "--", "/bin/sh", "-c", command],
+            [sys.executable, "-S", GUARD, "--token", self.token, str(os.getpid()), str(stop_grace_s), "--",
+             "/bin/sh", "-c", command],
             cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True,
         )
@@ -297,19 +315,31 @@ class CommandProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def stop(self) -> None:
-        """SIGTERM to the whole group, SIGKILL after the grace period; leaves no process behind."""
-        if self.proc.poll() is None:
-            self._killpg(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=self.grace)
-            except subprocess.TimeoutExpired:
-                pass
-        self._killpg(signal.SIGKILL)  # stragglers and the sentinel
+    def end_rest(self) -> None:
+        """After the command exited: end what it left running (a daemon holding its stdout open
+        would otherwise keep the trial waiting for output that never ends)."""
+        end_pids(self.pgid, self.pgid, self.token, self.grace)
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM to every process of the trial, SIGKILL after `grace` (default `stop_grace_s`)
+        to those left; leaves no process behind."""
+        end_pids(self.pgid, self.pgid, self.token, self.grace if grace is None else grace)
+        self._killpg(signal.SIGKILL)  # the sentinel
         self.proc.wait()
         self.wait_output()
         with self._log_lock:
-            self._log.close()
+            if not self._log.closed:
+                self._log.close()
+
+    def finish(self) -> None:
+        """The command's work is done: let it exit by itself (a final save after the last report)
+        for most of `stop_grace_s`, then stop it with what is left of that grace period."""
+        deadline = time.monotonic() + self.grace
+        try:
+            self.proc.wait(timeout=max(0.0, self.grace - min(1.0, self.grace / 2)))
+        except subprocess.TimeoutExpired:
+            pass
+        self.stop(grace=max(0.0, deadline - time.monotonic()))
 
 
 # --------------------------------------------------------------------------- one trial
@@ -347,6 +377,9 @@ class CommandTrial:
         kind, _, pattern = command.get("metrics", "stdout").partition(":")
         self.file = MetricsFile(kind, pattern.replace("{trial_dir}", str(self.trial_dir))) if pattern else None
         self.process: CommandProcess | None = None
+        #: the trial's planned length (epochs or steps; None: the script alone knows it), set by the
+        #: trainable: once the script reported it, the trial's work is done even if the script runs on
+        self.planned: int | None = None
         #: set while `epochs()` hands out the last epoch of a script that has exited 0: the trainable
         #: can then say, in that epoch's own report, that the script ended by itself
         self.at_end = False
@@ -376,14 +409,21 @@ class CommandTrial:
         while True:
             rc = self.process.poll()
             if rc is not None:
+                self.process.end_rest()
                 self.process.wait_output()
             self._collect()
             ready = self.metrics.ready(final=rc is not None)
-            for i, item in enumerate(ready):
+            for i, (epoch, metrics) in enumerate(ready):
+                value = metrics.get(self.objective)
+                if value is not None and not math.isfinite(value):
+                    raise NonFiniteLossError(f"epoch {epoch}: the command reported {self.objective} = {value} "
+                                             f"(diverged): {self.shown_line}")
                 self.at_end = rc == 0 and i == len(ready) - 1
-                yield item
+                yield epoch, metrics
             if rc is not None:
                 break
+            if self.work_done:
+                return  # it reported its last planned epoch and runs on: `stop` gives it its grace period
             time.sleep(poll_s)
         if rc != 0:
             tail = "\n".join(self.process.stderr_tail) or "(nothing on stderr)"
@@ -399,10 +439,19 @@ class CommandTrial:
                                 "(sweeper.report.report does), point `command.metrics` at its log file, or set "
                                 "`command.time_key` to the key(s) its records carry (MMEngine: [epoch, step])")
 
+    @property
+    def work_done(self) -> bool:
+        """The script reported the trial's planned last epoch (or step)."""
+        return self.planned is not None and self.metrics.last_reported >= self.planned
+
     def stop(self) -> None:
-        """End the process group; the script's checkpoints were persisted with the reports."""
+        """End every process of the trial (gently when its work is done, see `CommandProcess.finish`);
+        the script's checkpoints were persisted with the reports."""
         if self.process is not None:
-            self.process.stop()
+            if self.work_done and self.process.poll() is None:
+                self.process.finish()
+            else:
+                self.process.stop()
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
     def restore(self, saved: Path) -> dict[str, Any]:

@@ -276,11 +276,15 @@ def run_epoch(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, opt: Opt
     `loss_fn` runs under CUDA autocast when `amp`.
 
     Returns `train/loss` (mean over the steps), `train/lr` (the last step's LR),
-    `train/images_per_s` and the mean of each loss term. A NaN/inf loss raises
+    `train/images_per_s`, the mean of each loss term, `model/params_m` (parameters, millions) and,
+    on a GPU, `gpu/peak_mem_gib` (the epoch's peak allocated memory, GiB): what `constraints` bound. A NaN/inf loss raises
     NonFiniteLossError naming epoch, step, value and terms; so does a forward pass that fails on
     NaN/inf weights (exploded weights often break box decoding or matching before a loss exists).
     """
     model.train()
+    cuda = next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     n_steps, n_images, total, lr = len(loader), 0, 0.0, 0.0
     terms: dict[str, float] = {}
     start = time.perf_counter()
@@ -320,6 +324,9 @@ def run_epoch(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, opt: Opt
     metrics = {"train/loss": total / steps, "train/lr": lr,
                "train/images_per_s": n_images / max(time.perf_counter() - start, 1e-9)}
     metrics.update({f"train/loss_{k.removeprefix('loss_')}": v / steps for k, v in terms.items()})
+    metrics["model/params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    if cuda:
+        metrics["gpu/peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return metrics
 
 

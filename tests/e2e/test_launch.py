@@ -166,7 +166,7 @@ def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path: 
     `sweeper resume` continues from what Ray and MLflow had persisted."""
     sweep = asha_sweep(tmp_path, "killed", n=4, conc=2, ckpt_s=0)
     proc = start_sweeper(["launch", str(sweep)], tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rung_file = tmp_path / "runs" / "killed" / "asha_rungs.json"
+    rung_file = tmp_path / "runs" / "killed" / "scheduler" / "asha_rungs.json"
     deadline = time.time() + 240
     while time.time() < deadline:
         # two trials have saved a checkpoint and the driver has processed a result (ASHA wrote its

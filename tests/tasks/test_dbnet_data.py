@@ -123,10 +123,14 @@ def test_undecodable_image_fails_at_load_truncated_one_when_opened(tmp_path: Pat
     with pytest.raises(TextDataError, match=r"a\.png: cannot read image"):
         load_ufo(ann, tmp_path / "images")
 
-    # a valid header with cut-off pixel data passes the load-time check and fails when decoded
+    # a file cut short fails the load-time header check (no IEND chunk at its end) ...
     Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / "images" / "a.png")
     data = (tmp_path / "images" / "a.png").read_bytes()
     (tmp_path / "images" / "a.png").write_bytes(data[:60])
+    with pytest.raises(TextDataError, match=r"a\.png: cannot read image: file is truncated"):
+        load_ufo(ann, tmp_path / "images")
+    # ... and one with a valid header and end but broken pixel data fails when decoded
+    (tmp_path / "images" / "a.png").write_bytes(data[:60] + data[-12:])
     images = load_ufo(ann, tmp_path / "images")
     ds = TextDetDataset(images, 32, with_labels=False)
     with pytest.raises(TextDataError, match=r"a\.png: cannot read image"):

@@ -78,7 +78,7 @@ def test_a_loss_entry_is_the_total_and_not_a_term() -> None:
         return {"loss": 3.0 * l1, "loss_l1": l1}
 
     metrics = run_epoch(model, [(x, y)], loss_fn, opt, epoch=1, prepare=lambda b: b)
-    assert set(metrics) == {"train/loss", "train/lr", "train/images_per_s", "train/loss_l1"}
+    assert set(metrics) == {"train/loss", "train/lr", "train/images_per_s", "train/loss_l1", "model/params_m"}
     assert metrics["train/loss"] == pytest.approx(3.0 * metrics["train/loss_l1"])
 
 
@@ -147,3 +147,11 @@ def test_best_over_grid_follows_the_objective_mode() -> None:
         best_over_grid(grid, defaults, score, "err", "lowest")
     with pytest.raises(ValueError, match=r"objective.metric: 'map' is not an evaluation metric"):
         best_over_grid(grid, defaults, score, "map", "max")
+
+
+def test_an_epoch_reports_the_parameter_count_and_on_cpu_no_gpu_memory() -> None:
+    """What `constraints` bound: `model/params_m` (3*8+8 + 8*1+1 = 41 parameters); `gpu/peak_mem_gib`
+    only where the model is on a GPU."""
+    metrics = train(make_model(), make_batches())
+    assert metrics["model/params_m"] == pytest.approx(41 / 1e6)
+    assert "gpu/peak_mem_gib" not in metrics

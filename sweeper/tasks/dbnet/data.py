@@ -47,7 +47,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,12 +56,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from sweeper.tasks.dbnet.text_io import DONT_CARE, TextDataError, parse_icdar, read_ufo
+from sweeper.tasks.dbnet.text_io import (DONT_CARE, IMAGE_EXTENSIONS, TextDataError, find_image, parse_icdar,
+                                         read_ufo, safe_image_path)
+from sweeper.tasks.images import ImageError, check_image, check_size, to_rgb
 
 __all__ = ["DONT_CARE", "IMAGE_EXTENSIONS", "POLYGON_ISSUES", "TextDataError", "TextDetDataset", "TextImage",
            "collate", "load_icdar2015", "load_ufo", "resize_polys", "validate_polygons"]
 
-IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 #: area (px^2) below which a polygon counts as degenerate
@@ -216,24 +217,19 @@ def _apply_checks(source: Path, images: list[TextImage], where: Callable[[int, i
 # ----------------------------------------------------------------------------- loading
 
 
-def _safe_image_path(images_dir: Path, name: str, source: str) -> Path:
-    """Refuse names that leave the images directory. Checked on the name itself (not resolved),
-    so an images directory made of symlinks to elsewhere still works."""
-    forms = (PurePosixPath(name), PureWindowsPath(name))
-    if not name or any(p.is_absolute() or p.drive or ".." in p.parts for p in forms):
-        raise TextDataError(f"{source}: image file name {name!r} must be a relative path inside the images "
-                            f"directory {images_dir} (no '..', no absolute path)")
-    return images_dir / name
+_safe_image_path = safe_image_path
 
 
 def _image_size(file: Path, source: str) -> tuple[int, int]:
-    """(h, w) from the image header; existence is checked here, at load, so a bad set fails fast."""
+    """(h, w) from the image header (:func:`.images.check_image`: 0-byte, truncated or absurdly
+    large files refused); existence is checked here, at load, so a bad set fails fast."""
     if not file.is_file():
         raise TextDataError(f"{file}: image file not found (referenced by {source})")
     try:
-        with Image.open(file) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        w, h = check_image(file)
+    except ImageError as exc:
+        raise TextDataError(f"{exc} (referenced by {source})") from None
+    except OSError as exc:
         raise TextDataError(f"{file}: cannot read image (referenced by {source}): {exc}") from None
     return h, w
 
@@ -268,13 +264,7 @@ def load_ufo(path: str | Path, images_dir: str | Path, *, max_images: int | None
 _GT_NAME = re.compile(r"^gt_(.+)\.txt$")
 
 
-def _find_image(images_dir: Path, stem: str, source: Path) -> Path:
-    tried = [stem + ext for e in IMAGE_EXTENSIONS for ext in (e, e.upper())]
-    for name in tried:
-        file = _safe_image_path(images_dir, name, str(source))
-        if file.is_file():
-            return file
-    raise TextDataError(f"{source}: image not found in {images_dir} (tried {', '.join(tried)})")
+_find_image = find_image
 
 
 def load_icdar2015(gt_dir: str | Path, images_dir: str | Path, *, max_images: int | None = None) -> list[TextImage]:
@@ -364,10 +354,13 @@ class TextDetDataset(Dataset):
                     w, h = im.size
                     s = target / max(w, h)
                     im.draft("RGB", (max(1, math.ceil(w * s)), max(1, math.ceil(h * s))))
-                return im.convert("RGB")
+                check_size(im, file)  # before decoding (PIL's own bomb limit raises no OSError)
+                return to_rgb(im)  # 16-bit grey scaled, not clipped to white
         except FileNotFoundError:
             raise TextDataError(f"{file}: image file not found") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except ImageError as exc:
+            raise TextDataError(str(exc)) from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
             raise TextDataError(f"{file}: cannot read image: {exc}") from None
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:

@@ -99,7 +99,8 @@ SPEC = TaskSpec(
     entry="sweeper.tasks.dbnet.task:DBNetTask",
     description="DBNet text detection (receipts, documents) with ICDAR-2015 / CLEval Hmean",
     data_formats=("ufo", "icdar2015"),
-    metrics=("hmean", "precision", "recall", "train/loss"),  # the first is a trial config's default objective
+    metrics=("hmean", "precision", "recall", "train/loss", "model/params_m", "train/images_per_s",
+             "gpu/peak_mem_gib"),  # the first is a trial config's default objective
     eval_grid_keys=("post.thresh", "post.box_thresh", "post.unclip_ratio", "post.max_candidates", "post.min_size"),
     leaderboard_columns=("hmean", "precision", "recall", "train/loss"),
     evaluator="sweeper.tasks.dbnet.spec:evaluate_files",
@@ -108,4 +109,5 @@ SPEC = TaskSpec(
     backbone_keys=("model.backbone",),
     path_keys=("model.weights",),
     checkpoint_keys=("model.init_from",),
+    check_data="sweeper.tasks.dbnet.text_io:check_text_split",
 )

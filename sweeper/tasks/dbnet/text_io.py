@@ -10,7 +10,8 @@ and the line or field.
 * UFO: ``{"images": {file_name: {"words": {id: {"points": [[x, y], ...], "transcription"?: str,
   "illegibility"?: bool, "score"? | "confidence"?: number}}}}}``. Extra keys are fine, an image
   without ``words`` has none, and a key given twice in one object (two entries for one image file
-  or word id, which JSON would silently collapse to the last one) is an error.
+  or word id, which JSON would silently collapse to the last one) is an error, as are a
+  transcription that is not a string (or null) and JSON nested too deeply for the parser.
 * ICDAR-2015: UTF-8 text (optional BOM), one word per line, ``x1,y1,...,x4,y4[,transcription]``;
   the transcription may contain commas and may be double-quoted as in RRC files (``\\"`` and
   ``\\\\`` escapes). Blank lines are skipped.
@@ -19,6 +20,10 @@ and the line or field.
 ``eval_wording`` words three messages (a JSON syntax error, a line with a non-number or too few
 fields) as ``sweeper eval`` always has, compiler-style (``file:line: field 3 'x' is not a number``);
 the others read the same for both.
+
+:func:`check_text_split` is what the driver runs on every training and validation split before it
+dispatches a trial: the annotations parsed as above, at least one image, every image file inside
+the images directory and found, and its header checked (:func:`sweeper.tasks.images.check_image`).
 
 Usage::
 
@@ -34,12 +39,15 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 DONT_CARE = "###"
+#: the image files an ICDAR-2015 ``gt_<name>.txt`` may describe (lower case; upper case is tried too)
+IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg")
+_GT_NAME = re.compile(r"^gt_(.+)\.txt$")
 _QUOTED = re.compile(r'^\s*"(.*)"\s*$')
 
 
@@ -127,6 +135,8 @@ def read_ufo(path: str | Path, *, limit: int | None = None, eval_wording: bool =
                             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TextDataError(f"{path}: cannot read annotation file: {exc}") from None
+    except RecursionError:  # json's C parser recurses once per [ or {
+        raise TextDataError(f"{path}: JSON arrays/objects nested too deeply to read (UFO needs 6 levels)") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
         raise TextDataError(f"{path}: field 'images' must be an object "
                             '{file_name: {"words": {id: {"points": ...}}}} (UFO format)')
@@ -141,6 +151,10 @@ def read_ufo(path: str | Path, *, limit: int | None = None, eval_wording: bool =
         for wid, word in words.items():
             if not isinstance(word, dict) or "points" not in word:
                 raise TextDataError(f"{where}.words[{wid!r}] has no 'points'")
+            text = word.get("transcription")
+            if text is not None and not isinstance(text, str):
+                raise TextDataError(f"{where}.words[{wid!r}].transcription must be a string (or null), "
+                                    f"got {type(text).__name__} {text!r:.40}")
         ids = list(words)
         texts = ["" if w.get("transcription") is None else str(w["transcription"]) for w in words.values()]
         out.append(Words(
@@ -196,3 +210,63 @@ def parse_icdar(data: bytes, source: str, *, eval_wording: bool = False) -> Word
         words.ignore.append(transcription == DONT_CARE)
         words.scores.append(None)
     return words
+
+
+# ----------------------------------------------------------------------------- before dispatch
+
+
+def safe_image_path(images_dir: Path, name: str, source: str) -> Path:
+    """Refuse names that leave the images directory. Checked on the name itself (not resolved),
+    so an images directory made of symlinks to elsewhere still works."""
+    forms = (PurePosixPath(name), PureWindowsPath(name))
+    if not name or any(p.is_absolute() or p.drive or ".." in p.parts for p in forms):
+        raise TextDataError(f"{source}: image file name {name!r} must be a relative path inside the images "
+                            f"directory {images_dir} (no '..', no absolute path)")
+    return images_dir / name
+
+
+def find_image(images_dir: Path, stem: str, source: Path) -> Path:
+    """The image an ICDAR-2015 ``gt_<stem>.txt`` describes: ``<stem>.jpg|.png|.jpeg`` (any case)."""
+    tried = [stem + ext for e in IMAGE_EXTENSIONS for ext in (e, e.upper())]
+    for name in tried:
+        file = safe_image_path(images_dir, name, str(source))
+        if file.is_file():
+            return file
+    raise TextDataError(f"{source}: image not found in {images_dir} (tried {', '.join(tried)})")
+
+
+def check_text_split(ann: str | Path, images_dir: str | Path, *, split: str = "train", format: str = "ufo") -> None:
+    """Read a UFO file or ICDAR-2015 gt directory as a trial will (``format``), and check every
+    image it names (see the module docstring); ``split`` is for symmetry with the detection
+    check. Raises TextDataError naming the file and the record."""
+    from sweeper.tasks.images import ImageError, check_image  # PIL: only when images are checked
+
+    ann, images_dir = Path(ann), Path(images_dir)
+    if not images_dir.is_dir():
+        raise TextDataError(f"{images_dir}: images directory not found (data.images)")
+    files: list[tuple[Path, str]] = []  # (image, what names it)
+    if format == "icdar2015":
+        if not ann.is_dir():
+            raise TextDataError(f"{ann}: ground-truth directory not found "
+                                "(icdar2015 expects a directory of gt_<name>.txt)")
+        gts = sorted(p for p in ann.iterdir() if p.is_file() and _GT_NAME.match(p.name))
+        if not gts:
+            raise TextDataError(f"{ann}: no gt_<name>.txt files found")
+        for gt in gts:
+            try:
+                parse_icdar(gt.read_bytes(), str(gt))
+            except OSError as exc:
+                raise TextDataError(f"{gt}: cannot read as UTF-8 text: {exc}") from None
+            files.append((find_image(images_dir, _GT_NAME.match(gt.name).group(1), gt), str(gt)))
+    else:
+        records = read_ufo(ann)
+        if not records:
+            raise TextDataError(f"{ann}: 'images' is empty")
+        files = [(safe_image_path(images_dir, r.name, str(ann)), f"{ann} images[{r.name!r}]") for r in records]
+    for file, source in files:
+        try:
+            check_image(file)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise TextDataError(f"{file}: image file not found (referenced by {source})") from None
+        except (ImageError, OSError) as exc:
+            raise TextDataError(f"{exc} (referenced by {source})") from None

@@ -10,9 +10,20 @@ themselves are the same for all:
 
 * the three sections are lists of objects; image ids are unique; category names are unique (they
   name the ``ap/<class>`` metrics);
+* ids (of images, categories, annotations, and ``image_id``/``category_id``) are integers or
+  strings, one kind per section (a list as an id cannot be looked up; mixed kinds cannot be
+  sorted, which the evaluator does);
 * every annotation's ``image_id`` and ``category_id`` exist, its ``bbox`` is 4 finite numbers, and
   its ``area``, when given (COCOeval buckets by it), is a finite number (a string or NaN would
-  fail inside COCOeval; a negative one is simply in no size range, like a negative box).
+  fail inside COCOeval; a negative one is simply in no size range, like a negative box); its
+  ``iscrowd``, when given, is 0 or 1 (the string ``"0"`` would read as a crowd).
+
+:func:`check_coco_split` is what the driver runs on every training and validation file before it
+dispatches a trial (``sweeper validate``, ``sweeper launch``): the checks above and the training
+loader's (file names inside the images directory, at least one image and category), at least one
+annotation that is not a crowd (without one a training split teaches nothing and every metric
+of a validation split is -1), and the header of every image (:func:`sweeper.tasks.images.check_image`:
+0-byte, truncated, unreadable or absurdly large files).
 
 Usage::
 
@@ -27,6 +38,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 #: section -> keys each of its items needs for COCOeval (``validate_coco_gt``'s default)
@@ -66,6 +78,9 @@ def read_json(path: str | Path, what: str) -> Any:
         raise CocoFormatError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:  # json's C parser recurses once per [ or {
+        raise CocoFormatError(f"{path}: {what} file nests JSON arrays/objects too deeply to read "
+                              "(COCO needs 4 levels)") from None
 
 
 def is_number(value: Any) -> bool:
@@ -89,6 +104,25 @@ def record_name(section: str, i: int, item: Any) -> str:
     if isinstance(item, Mapping) and "id" in item:
         return f"{section}[{i}] (id {item['id']})"
     return f"{section}[{i}]"
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _check_ids(source: str, section: str, items: list[Any], key: str, *, optional: bool = False) -> None:
+    """``items[*][key]`` are ints or strings, not both (see the module docstring)."""
+    kinds: set[type] = set()
+    for i, item in enumerate(items):
+        if optional and key not in item:
+            continue
+        value = item[key]
+        if not _is_id(value):
+            raise CocoFormatError(f"{source}: {section}[{i}].{key} must be an integer id, got {value!r}")
+        kinds.add(int if isinstance(value, int) else str)
+    if len(kinds) > 1:
+        raise CocoFormatError(f"{source}: {section}[*].{key}: ids must be all numbers or all strings (some "
+                              "are integers, some strings; COCO uses integers)")
 
 
 def validate_coco_gt(data: Any, source: str = "<ground truth>", *,
@@ -119,6 +153,10 @@ def validate_coco_gt(data: Any, source: str = "<ground truth>", *,
                 if key not in item:
                     raise CocoFormatError(f"{source}: {record_name(section, i, item)} has no {key!r} field"
                                           if name_ids else f"{source}: {section}[{i}] is missing {key!r}")
+    _check_ids(source, "images", data["images"], "id")
+    _check_ids(source, "categories", data["categories"], "id")
+    for key in ("id", "image_id", "category_id"):
+        _check_ids(source, "annotations", data["annotations"], key, optional=True)
     image_ids: set[Any] = set()
     for i, img in enumerate(data["images"]):
         if img["id"] in image_ids:
@@ -143,6 +181,9 @@ def validate_coco_gt(data: Any, source: str = "<ground truth>", *,
         area = ann.get("area", 0)
         if not (is_number(area) and math.isfinite(area)):
             raise CocoFormatError(f"{where}area must be a number, not NaN or infinite, got {area!r}")
+        crowd = ann.get("iscrowd", 0)
+        if not (type(crowd) in (int, bool) and crowd in (0, 1)):
+            raise CocoFormatError(f"{where}iscrowd must be 0 or 1, got {crowd!r}")
 
 
 def validate_detections(dets: Any, source: str = "<detections>") -> None:
@@ -177,3 +218,52 @@ def load_detections(path: str | Path) -> list[dict[str, Any]]:
     data = read_json(path, "detections")
     validate_detections(data, str(path))
     return data
+
+
+#: what training reads of each record (``area`` and the annotation ``id`` are optional there)
+TRAIN_REQUIRED: dict[str, tuple[str, ...]] = {**GT_REQUIRED_MINIMAL, "images": ("id", "file_name")}
+
+
+def check_file_name(path: str | Path, where: str, name: str) -> None:
+    """Refuse file names that leave the images directory (checked on the name, not resolved,
+    so an images directory of symlinks still works)."""
+    forms = (PurePosixPath(name), PureWindowsPath(name))
+    if not name or any(p.is_absolute() or p.drive or ".." in p.parts for p in forms):
+        raise CocoFormatError(f"{path}: {where}: file_name {name!r} must be a relative path inside the images "
+                              "directory (no '..', no absolute path)")
+
+
+def check_coco_split(ann_file: str | Path, images_dir: str | Path, *, split: str = "train",
+                     format: str = "coco") -> None:
+    """Read a training or validation split as a trial will and refuse what would make every trial
+    fail or mean nothing (see the module docstring); ``split`` ("train" or "val") words the
+    message (``format``: always coco here). The driver calls it before dispatch; CocoFormatError
+    names the file and record."""
+    from sweeper.tasks.images import ImageError, check_image  # PIL: only when images are checked
+
+    path, images_dir = Path(ann_file), Path(images_dir)
+    data = read_json(path, "annotation")
+    validate_coco_gt(data, str(path), required=TRAIN_REQUIRED, name_ids=True)
+    if not data["categories"]:
+        raise CocoFormatError(f"{path}: 'categories' is empty; at least one category is needed")
+    if not data["images"]:
+        raise CocoFormatError(f"{path}: 'images' is empty; a split needs at least one image")
+    if not any(not ann.get("iscrowd", 0) for ann in data["annotations"]):
+        why = ("a detector would learn no object" if split == "train" else
+               "every metric would be -1 (COCO scores no image without ground truth)")
+        raise CocoFormatError(f"{path}: 'annotations' holds no box (crowds aside) for its {len(data['images'])} "
+                              f"image(s): {why}")
+    if not images_dir.is_dir():
+        raise CocoFormatError(f"{images_dir}: images directory not found (data.images)")
+    for i, img in enumerate(data["images"]):
+        where = record_name("images", i, img)
+        name = str(img["file_name"])
+        check_file_name(path, where, name)
+        file = images_dir / name
+        try:
+            check_image(file)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise CocoFormatError(f"{file}: image file not found (file_name of image id {img['id']} "
+                                  f"in {path})") from None
+        except (ImageError, OSError) as exc:
+            raise CocoFormatError(f"{exc} (image id {img['id']} in {path})") from None

@@ -40,8 +40,12 @@ Contract
   as for evaluation (:func:`.coco_io.validate_coco_gt`): a missing or unreadable annotation file,
   JSON syntax errors, missing keys, duplicate image ids or category names, unknown image or
   category ids, malformed boxes or areas; and here: a split without images or categories,
-  a ``file_name`` that leaves the images directory (``../x.png``, absolute paths), missing image
-  files (checked at load) and image files that fail to decode (when opened).
+  a ``file_name`` that leaves the images directory (``../x.png``, absolute paths), a training
+  split without a single box, missing image files (checked at load) and image files that fail to
+  decode or claim an absurd size (when opened). The driver runs the same checks, and every image's
+  header, before dispatch (:func:`.coco_io.check_coco_split`).
+* Images of any mode are read as 8-bit RGB by :func:`sweeper.tasks.images.to_rgb`: 16-bit grey
+  is scaled from its own range (PIL's ``convert`` would clip it to white).
 
 Usage::
 
@@ -58,7 +62,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,9 +86,10 @@ from sweeper.tasks.detection.augment import (
     scale_factor,
     vflip,
 )
-from sweeper.tasks.detection.coco_io import (GT_REQUIRED_MINIMAL, CocoFormatError, read_json, record_name,
-                                             validate_coco_gt)
+from sweeper.tasks.detection.coco_io import (TRAIN_REQUIRED, CocoFormatError, check_file_name, read_json,
+                                             record_name, validate_coco_gt)
 from sweeper.tasks.folds import FoldError, held_out_for
+from sweeper.tasks.images import ImageError, check_size, to_rgb
 
 __all__ = ["CocoDetection", "CocoFormatError", "DatasetError", "coco_fold", "collate_fn", "make_loader",
            "mosaic_active", "resolution_at", "set_loader_epoch", "to_original_coords"]
@@ -97,16 +102,8 @@ OUTSIDE_TOLERANCE = 1.0
 #: the name the training code has always raised: the one COCO error type, whatever went wrong
 DatasetError = CocoFormatError
 #: what training reads of each record (``area`` and the annotation ``id`` are optional here)
-_TRAIN_REQUIRED = {**GT_REQUIRED_MINIMAL, "images": ("id", "file_name")}
-
-
-def _check_file_name(path: Path, where: str, name: str) -> None:
-    """Refuse file names that leave the images directory (checked on the name, not resolved,
-    so an images directory of symlinks still works)."""
-    forms = (PurePosixPath(name), PureWindowsPath(name))
-    if not name or any(p.is_absolute() or p.drive or ".." in p.parts for p in forms):
-        raise DatasetError(f"{path}: {where}: file_name {name!r} must be a relative path inside the images "
-                           "directory (no '..', no absolute path)")
+_TRAIN_REQUIRED = TRAIN_REQUIRED
+_check_file_name = check_file_name
 
 
 def _overhangs(box: list[float], img: dict[str, Any]) -> bool:
@@ -213,6 +210,9 @@ class CocoDetection(Dataset):
                 stacklevel=2,
             )
 
+        if train and not any(rec["boxes"] for rec in self.images):
+            raise DatasetError(f"{path}: no annotation gives a box to train on (crowds and zero-size boxes aside) "
+                               f"in its {len(self.images)} image(s): a detector would learn no object")
         if max_images is not None:
             if max_images <= 0:
                 raise DatasetError(f"train.max_train_images must be a positive int, got {max_images!r}")
@@ -251,11 +251,14 @@ class CocoDetection(Dataset):
         file = self.images_dir / self.images[idx]["file_name"]
         try:
             with Image.open(file) as im:
-                return im.convert("RGB")
+                check_size(im, file)  # before decoding (PIL's own bomb limit raises no OSError)
+                return to_rgb(im)  # 16-bit grey scaled, not clipped to white
         except FileNotFoundError:
             raise DatasetError(f"{file}: image file not found (file_name of image id {self.images[idx]['id']} "
                                f"in {self.ann_file})") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except ImageError as exc:
+            raise DatasetError(f"{exc} (image id {self.images[idx]['id']} in {self.ann_file})") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
             raise DatasetError(f"{file}: cannot read image (image id {self.images[idx]['id']} in "
                                f"{self.ann_file}): {exc}") from None
 

@@ -220,7 +220,8 @@ SPEC = TaskSpec(
     description="COCO object detection (torchvision Faster R-CNN / RetinaNet / FCOS on timm backbones)",
     data_formats=("coco",),
     metrics=("map", "map50", "map75", "map_small", "map_medium", "map_large",
-             "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large", "train/loss"),
+             "ar_1", "ar_10", "ar_100", "ar_small", "ar_medium", "ar_large", "train/loss",
+             "model/params_m", "train/images_per_s", "gpu/peak_mem_gib"),  # the last on GPUs only
     # ap/<class>, and map_<name> / ar_<name> of eval.area_ranges
     metric_prefixes=("ap/", "map_", "ar_"),
     eval_grid_keys=("post.score_thresh", "post.max_dets", "post.nms_iou"),
@@ -233,4 +234,6 @@ SPEC = TaskSpec(
     backbone_keys=("model.backbone",),
     path_keys=("model.weights",),
     checkpoint_keys=("model.init_from",),
+    check_data="sweeper.tasks.detection.coco_io:check_coco_split",
+    check_objective="sweeper.tasks.detection.objective:check_metric",
 )
