@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -239,8 +240,15 @@ def _init_ray(address: str | None, sweep: Sweep) -> bool:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trial table says it all
     if ray.is_initialized():
         return False
+    # Tune reuses a trial's worker only if the trial function returned within
+    # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) of its end; a command trial may take its stop grace
+    # period to end the script's processes (and let it finish a final save), so allow for that.
+    env_vars = {}
+    if sweep.spec.command is not None:
+        env_vars["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(math.ceil(2 * sweep.spec.command.stop_grace_s)) + 5)
+        os.environ.update(env_vars)  # a local Ray's workers inherit the driver's environment
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env_vars} if env_vars else None)
         return True
     # A local Ray sized to this machine; the dashboard is not needed to run a sweep.
     # address="local": always a fresh local instance, never a stale cluster left in ray_current_cluster.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import os
 import tempfile
@@ -149,6 +150,8 @@ def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) ->
     ablation point (`{"ablation": {"variant", "seed", "params"}}`). `launch_clock` is the launch's
     `budget.time_limit` clock (`sweeper.time_budget.Clock`): after its deadline, the epoch that
     ends is checkpointed and the trial waits to be stopped with the launch, resumable."""
+    # one INFO line per checkpoint from Ray, forwarded to the driver's console: noise there
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = trial_params(config)
     if sweep.spec.command is not None:
         run_command_trial(config, sweep, launch_clock)
