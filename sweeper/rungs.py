@@ -51,9 +51,9 @@ def auto_grace_period(max_t: int, warmup_epochs: float = 0.0) -> int:
     (`ceil(warmup_epochs) + 1` with a warmup: at the end of the warmup's own epoch a run has just
     reached its peak LR and says little about where it is going), and otherwise a quarter of
     `max_t`, but no more than 3 epochs: `min(3, ceil(max_t / 4))`. On the replay benchmark
-    (`bench/replay.py`, README "Performance") from-scratch detection and DBNet runs rank late
-    (Ray's grace-1 ASHA returned a configuration 55% and 2.3% worse than the best; the default,
-    grace 2 there, none), while a grace beyond 3 epochs cost long runs more than a third of
+    (`bench/replay.py`, README "Performance") from-scratch DBNet runs rank late (Ray's grace-1
+    ASHA returned a configuration 2.3% worse than the best, median over arrival orders; the
+    default, grace 2 there, 0%), while a grace beyond 3 epochs cost long runs more than a third of
     exhaustive training (25-epoch curves: grace 3 used 30%, grace 7 50%) for no regret gained.
     At most `max_t`.
     """

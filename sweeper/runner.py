@@ -232,7 +232,7 @@ def check_storage(sweep: Sweep) -> None:
         raise SweepConfigError(sweep.file, "storage", problem)
 
 
-def _init_ray(address: str | None, sweep: Sweep) -> bool:
+def _init_ray(address: str | None, sweep: Sweep | None) -> bool:
     """Connect to Ray (or start a local one); True if this call did, so launch disconnects after."""
     import optuna
     import ray
@@ -244,7 +244,7 @@ def _init_ray(address: str | None, sweep: Sweep) -> bool:
     # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) of its end; a command trial may take its stop grace
     # period to end the script's processes (and let it finish a final save), so allow for that.
     env_vars = {}
-    if sweep.spec.command is not None:
+    if sweep is not None and sweep.spec.command is not None:
         env_vars["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(math.ceil(2 * sweep.spec.command.stop_grace_s)) + 5)
         os.environ.update(env_vars)  # a local Ray's workers inherit the driver's environment
     if address:

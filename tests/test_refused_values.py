@@ -3,6 +3,7 @@ launch dispatches a trial): exit 2, one message naming the file and the field, n
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -55,7 +56,12 @@ def _validate(tmp_path: Path, *sets: str, text: str = SWEEP):  # noqa: ANN202
     args = ["validate", str(path)]
     for s in sets:
         args += ["--set", s]
-    return CliRunner().invoke(app, args), path
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the default tracking store (sqlite:///mlruns.db) is the test's own, not a checkout's
+    try:
+        return CliRunner().invoke(app, args), path
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.mark.parametrize("override, field, message", CASES, ids=[c[1] + ":" + c[2][:20] for c in CASES])
