@@ -34,8 +34,6 @@ import sys
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,25 +55,6 @@ def close_all() -> None:
     """Stop every live view of this process (the launch is over or was interrupted)."""
     for view in list(_LIVE):
         view.close()
-
-
-@contextmanager
-def ray_output(verbose: int) -> Iterator[None]:
-    """Ray's own console output during `fit`: none at verbose 0. Tune 2.60's output engine prints
-    its "Configuration for experiment" box, "View detailed results here" and a final trial table
-    whatever `RunConfig(verbose)` says; its older engine (RAY_AIR_NEW_OUTPUT=0, read when `fit`
-    starts) prints nothing at verbose 0. Verbose 1-2 keep the current engine's tables."""
-    key = "RAY_AIR_NEW_OUTPUT"
-    before = os.environ.get(key)
-    if not verbose:
-        os.environ[key] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 def adopt(tuner: Any, sweep: Sweep, leaderboard_url: str, verbose: int, log_path: str | None = None) -> None:

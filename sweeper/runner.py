@@ -440,7 +440,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
         _write_state(str(driver_dir(sweep)), state)
 
     try:
-        with _tensorboard_files(os.environ.get(TENSORBOARD_ENV) == "1"), console.ray_output(verbose):
+        with _env_while_fitting(_fit_switches(verbose)):
             tuner.fit()  # Ctrl-C makes it return early; _summarize tells
     finally:
         console.close_all()  # the live view goes before anything else is printed
@@ -459,22 +459,34 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
 
 
 @contextmanager
-def _tensorboard_files(wanted: bool) -> Iterator[None]:
-    """Tune writes each trial's results three ways: result.json and progress.csv (kept: scripts
-    and `sweeper` read them) and TensorBoard event files. MLflow is the record here, and the
-    TensorBoard writer costs the driver ~2 s of imports before the first trial plus a writer
-    thread, so it is off unless SWEEPER_TENSORBOARD=1. Tune reads its switch when `fit` starts."""
-    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    before = os.environ.get(key)
-    if not wanted:
-        os.environ[key] = "1"
+def _env_while_fitting(settings: dict[str, str]) -> Iterator[None]:
+    """Set environment switches Tune reads when `fit` starts, and put them back after it."""
+    before = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _fit_switches(verbose: int) -> dict[str, str]:
+    """Tune writes each trial's results three ways: result.json and progress.csv (kept: scripts
+    and `sweeper` read them) and TensorBoard event files. MLflow is the record here, and the
+    TensorBoard writer costs the driver ~2 s of imports before the first trial plus a writer
+    thread, so it is off unless SWEEPER_TENSORBOARD=1. Tune 2.60's output engine prints its
+    "Configuration for experiment" box, "View detailed results here" and a final trial table
+    whatever `RunConfig(verbose)` says; its older engine (RAY_AIR_NEW_OUTPUT=0) prints nothing at
+    verbose 0, so that is what the console (`sweeper.console`) gets unless --verbose."""
+    switches = {}
+    if os.environ.get(TENSORBOARD_ENV) != "1":
+        switches["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    if not verbose:
+        switches["RAY_AIR_NEW_OUTPUT"] = "0"
+    return switches
 
 
 def _summarize(sweep: Sweep, exp_dir: str, parent_run_id: str, resumed: bool, wall_s: float) -> Outcome:
