@@ -32,4 +32,4 @@ lock: install
 	 $(BIN)/python -m pip freeze --exclude-editable | grep -v '^sweeper') > constraints.txt
 
 clean:
-	rm -rf runs mlruns.db mlartifacts data/demo-shapes .pytest_cache
+	rm -rf runs mlruns.db optuna.db mlartifacts data/demo-shapes .pytest_cache

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sweeper.config import Sweep, SweepConfigError, get_or_none, set_dotted
+from sweeper.config import Sweep, SweepConfigError, get_or_none, redact_uri, set_dotted
 from sweeper.config.loading import CHECKPOINT_REF
 
 REF = CHECKPOINT_REF
@@ -64,7 +64,7 @@ def _local_experiment(sweep: Sweep, name: str) -> Path:
     storage = sweep.spec.storage
     if "://" in storage and not storage.startswith("file://"):
         raise SweepConfigError(sweep.file, "storage", f"`NAME:best` references read checkpoints from a local or "
-                               f"shared directory; {storage} is object storage: copy the checkpoint down and "
+                               f"shared directory; {redact_uri(storage)} is object storage: copy the checkpoint down and "
                                "give its path")
     return Path(storage.removeprefix("file://")) / name
 

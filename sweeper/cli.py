@@ -87,6 +87,9 @@ def _load(path: Path, overrides: list[str], check_data: bool = True) -> Sweep:
 
 # --------------------------------------------------------------------------- launch
 def _plan_table(sweep: Sweep) -> str:
+    from sweeper.config.secret_keys import public_sweep
+
+    sweep = public_sweep(sweep)  # printed: secret values as ***, a searched secret's as secret-1, secret-2, ...
     spec = sweep.spec
     out = io.StringIO()
     c = Console(file=out, width=110, force_terminal=False)
@@ -192,6 +195,8 @@ def _plan_table(sweep: Sweep) -> str:
         c.print(line, highlight=False, markup=False)
     c.print(f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU")
     c.print(f"storage: {redact_uri(sweep.experiment_dir)}\ntracking: {redact_uri(spec.tracking.uri)}")
+    if _optuna_hint(sweep):
+        c.print(f"optuna study: {sweep.name} in {redact_uri(spec.search_alg.storage or '')}")
     if spec.notify is not None:  # the webhook's path is its secret: never printed
         from sweeper.config import redact_webhook
 
@@ -244,7 +249,10 @@ def _print_commands(c: Console, sweep: Sweep, n: int = 3) -> None:
         points = example_points(sweep.dimensions, n, grid=sweep.spec.search_alg.name == "grid",
                                 seed=sweep.spec.search_alg.seed)
     for i, point in enumerate(points, 1):
-        line, env = render_command(cmd.run, script_params(sweep, point), cmd.overrides, trial_dir="<trial_dir>")
+        from sweeper.config.secret_keys import is_alias
+
+        shown = {k: v if is_alias(v) else redact({k: v})[k] for k, v in script_params(sweep, point).items()}
+        line, env = render_command(cmd.run, shown, cmd.overrides, trial_dir="<trial_dir>")
         prefix = " ".join(f"{k}={v}" for k, v in redact({**env, **cmd.env}).items())
         c.print(f"trial {i}: {prefix + ' ' if prefix else ''}{line}", highlight=False, markup=False, soft_wrap=True)
 
@@ -269,7 +277,7 @@ def launch(
     from shlex import quote  # a URI keeps its ?query at the end; quoted for the shell
 
     _run(sweep, sweep_file, address=address, fresh=fresh, verbose=verbose,
-         continue_cmd=f"sweeper resume {quote(sweep.experiment_dir)}")
+         continue_cmd=f"sweeper resume {quote(redact_uri(sweep.experiment_dir))}")
 
 
 def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, continue_cmd: str,
@@ -309,6 +317,8 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
         console.print(f"[yellow]interrupted[/]: to continue: {continue_cmd}", highlight=False)
         raise typer.Exit(130)
     console.print(_ui_hint(outcome.name, sweep.spec.tracking.uri), highlight=False)
+    if _optuna_hint(sweep):
+        console.print(_optuna_hint(sweep), highlight=False)
 
 
 def _check_tracking(sweep: Sweep) -> None:
@@ -327,6 +337,8 @@ def resume(
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster ('auto' or host:port)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Also show Ray's own trial tables "
                                 "(-vv: every result)."),
+    set_: list[str] = typer.Option([], "--set", help="A secret the launch set with --set, given again: "
+                                   "auth_token=VALUE (its value is not stored with the experiment)."),
 ) -> None:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from
     their last checkpoint, MLflow runs continue in place."""
@@ -338,14 +350,19 @@ def resume(
         _fail(exc)
     sweep_file = Path(state["sweep_file"])
     if not sweep_file.is_file():
-        _fail(LookupError(f"{exp_dir}: the sweep file {sweep_file} it was launched from is gone"))
+        _fail(LookupError(f"{redact_uri(exp_dir)}: the sweep file {sweep_file} it was launched from is gone"))
     try:
-        sweep = load_sweep(sweep_file, state.get("overrides", []), cwd=state.get("cwd"), check_data=False)
+        from sweeper.config.secret_keys import restore_overrides
+
+        overrides = restore_overrides(list(state.get("overrides", [])), set_, f"{redact_uri(exp_dir)}/{runner.STATE_FILE}",
+                                      f"sweeper resume {run}")
+        sweep = load_sweep(sweep_file, overrides, cwd=state.get("cwd"), check_data=False)
     except SweepConfigError as exc:
         _fail(exc)
     if sweep.experiment_dir != exp_dir:
-        _fail(LookupError(f"{exp_dir} does not match the sweep file's storage/name ({sweep.experiment_dir})"))
-    _run(sweep, sweep_file, address=address, fresh=False, continue_cmd=f"sweeper resume {run}", verbose=verbose)
+        _fail(LookupError(f"{redact_uri(exp_dir)} does not match the sweep file's storage/name "
+                          f"({redact_uri(sweep.experiment_dir)})"))
+    _run(sweep, sweep_file, address=address, fresh=False, continue_cmd=f"sweeper resume {redact_uri(run)}", verbose=verbose)
 
 
 @app.command()
@@ -656,19 +673,29 @@ def diagnose(
 def ui(
     name: Optional[str] = typer.Argument(None, help="Sweep name (the MLflow experiment); default: the sweep "
                                          "launched last."),
-    port: int = typer.Option(5000, "--port", help="Port to serve on."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to serve on (default 5000; 8080 with "
+                                       "--optuna)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; 0.0.0.0 exposes the UI "
                              "(and the store) to your network."),
     tracking_uri: str = typer.Option(DEFAULT_TRACKING, "--tracking-uri", help="MLflow store."),
     open_browser: bool = typer.Option(False, "--open", help="Open the leaderboard in a browser."),
+    optuna: bool = typer.Option(False, "--optuna", help="Serve optuna-dashboard over the sweep's Optuna study "
+                                "instead (trials, intermediate values, importances; live while it runs)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="With --optuna: the study's storage URL "
+                                          "(default: what the launch recorded, else optuna.db beside the "
+                                          "tracking store)."),
 ) -> None:
     """MLflow's UI over the sweep's store, opened on its leaderboard: the latest launch's trials
     best first, with the searched values, objective, status, stop reason and epoch as columns.
-    Runs until Ctrl-C."""
+    With --optuna, optuna-dashboard over the sweep's Optuna study. Runs until Ctrl-C."""
     from sweeper import ui as mlflow_ui
     from sweeper.config import redact_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    if optuna:
+        _optuna_ui(name, uri, storage, host, port or 8080, open_browser)
+        return
+    port = port or mlflow_ui.DEFAULT_PORT
     server = mlflow_ui.is_server(uri)  # a tracking server serves its own UI: point at it
     base = redact_uri(uri).rstrip("/") if server else mlflow_ui.server_url(host, port)
     try:
@@ -698,6 +725,50 @@ def ui(
         _fail(exc)
     if code:
         _fail(RuntimeError(f"the MLflow server exited with code {code}"))
+
+
+def _optuna_ui(name: Optional[str], uri: str, storage: Optional[str], host: str, port: int,
+               open_browser: bool) -> None:
+    """`sweeper ui NAME --optuna`: optuna-dashboard over the sweep's study, until Ctrl-C."""
+    from sweeper import optuna_ui
+    from sweeper import ui as mlflow_ui
+    from sweeper.config import redact_uri
+
+    try:
+        if name is None:
+            mlflow_ui.check_store(uri)
+            name = mlflow_ui.latest_sweep(uri)
+        mlflow_ui.check_port(host, port)
+        url = optuna_ui.storage_for(name, uri, storage, Path.cwd())
+        board = optuna_ui.find_study(url, name, mlflow_ui.server_url(host, port))
+    except (LookupError, OSError) as exc:
+        _fail(exc)
+
+    def ready() -> None:
+        console.print(f"optuna-dashboard for sweep {board.name} ({board.trials} trials in "
+                      f"{redact_uri(board.storage)}):\n{board.url}\nCtrl-C to stop.", highlight=False)
+        if open_browser:
+            import webbrowser
+
+            if not webbrowser.open(board.url):
+                err_console.print("no browser to open here: open the URL above", highlight=False)
+
+    err_console.print(f"[dim]starting optuna-dashboard on {mlflow_ui.server_url(host, port)} ...[/]", highlight=False)
+    try:
+        code = optuna_ui.serve(board.storage, host, port, on_ready=ready)
+    except RuntimeError as exc:
+        _fail(exc)
+    if code:
+        _fail(RuntimeError(f"optuna-dashboard exited with code {code}"))
+
+
+def _optuna_hint(sweep: Sweep) -> str:
+    """The command that serves the sweep's Optuna study in optuna-dashboard ('' when it has none)."""
+    from shlex import quote
+
+    from sweeper.store import optuna_tags
+
+    return f"Optuna dashboard: sweeper ui {quote(sweep.name)} --optuna" if optuna_tags(sweep) else ""
 
 
 def _ui_hint(name: str, uri: str) -> str:

@@ -194,7 +194,10 @@ def derive_document(source: Sweep, candidates: list[Candidate], seeds: int) -> d
         doc["budget"] = budget
     else:
         doc.pop("budget", None)
-    best = candidates[0].params
+    from sweeper.config.secret_keys import reveal
+
+    # a searched secret is recorded as its alias (secret-1, ...): the value is the source sweep's
+    best = reveal(source, candidates[0].params)
     for key, value in best.items():
         if is_data_key(key, source.spec):
             doc["data"][key.removeprefix("data.")] = value
@@ -202,7 +205,8 @@ def derive_document(source: Sweep, candidates: list[Candidate], seeds: int) -> d
             if not isinstance(doc.get("base"), dict):
                 doc["base"] = {}
             set_dotted(doc["base"], key, value)
-    variants = {c.variant: {k: v for k, v in c.params.items() if not _same(v, best.get(k))} for c in candidates[1:]}
+    variants = {c.variant: {k: v for k, v in reveal(source, c.params).items() if not _same(v, best.get(k))}
+                for c in candidates[1:]}
     doc["ablation"] = {"variants": variants, "seeds": seeds}
     return doc
 
@@ -233,6 +237,13 @@ def load_source(name: str, tracking_uri: str) -> tuple[Sweep, dict[str, Any]]:
     sweep_file = Path(state["sweep_file"])
     if not sweep_file.is_file():
         raise SweepConfigError(sweep_file, None, f"the sweep file sweep {name!r} was launched from is gone")
+    from sweeper.config.secret_keys import is_secret
+
+    hidden = [k for k, _, v in (o.partition("=") for o in state.get("overrides", [])) if v == "***" and is_secret(k)]
+    if hidden:  # a secret given with --set is not stored with the experiment (sweeper.config.secret_keys)
+        raise SweepConfigError(sweep_file, f"--set {hidden[0]}", f"search {name!r} was launched with the secret "
+                               f"{', '.join(hidden)} given on the command line, whose value is not stored; confirm "
+                               "cannot re-run it: put the secret in the sweep file's `base` (or `command.env`)")
     source = load_sweep(sweep_file, state.get("overrides", []), cwd=state.get("cwd"), check_data=False)
     if source.name != name:
         raise SweepConfigError(sweep_file, "name", f"names sweep {source.name!r}, not {name!r}")

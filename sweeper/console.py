@@ -70,6 +70,8 @@ def adopt(tuner: Any, sweep: Sweep, leaderboard_url: str, verbose: int, log_path
     mine = [cb for cb in callbacks if isinstance(cb, SweepConsole)]
     for cb in mine:
         cb.verbose = bool(verbose)
+        # its pickle kept no webhook (a secret, `__getstate__`): this launch's sweep gives it again
+        cb.notify = (sweep.spec.notify.webhook, list(sweep.spec.notify.on)) if sweep.spec.notify is not None else None
     if not mine:
         run_config.callbacks = [*callbacks, SweepConsole(sweep, leaderboard_url, verbose=bool(verbose),
                                                          log_path=log_path)]
@@ -271,7 +273,10 @@ class SweepConsole(Callback):
         # Tune pickles callbacks into its experiment state: plain settings only
         keep = ("name", "metric", "mode", "num_trials", "max_t", "time_key", "leaderboard_url", "verbose", "notify",
                 "log_path")
-        return {k: self.__dict__[k] for k in keep}
+        state = {k: self.__dict__[k] for k in keep}
+        # the webhook's URL is its credential and the pickle lands in tuner.pkl: `adopt` gives it back
+        state["notify"] = (None, state["notify"][1]) if state["notify"] else None
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -280,7 +285,7 @@ class SweepConsole(Callback):
     # ---------------------------------------------------------------- Tune's events
     def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
         self._init_runtime()
-        if self.notify is not None:
+        if self.notify is not None and self.notify[0]:  # (None, on): restored and not adopted
             from sweeper.notify import Notifier
 
             self._notifier = Notifier(*self.notify)

@@ -91,6 +91,10 @@ class TaskSpec:
     # `metric` (an `objective` or `constraints` metric), given every trial config a sweep can make
     # and the dataset's class names (None before the data is read); None when it is reportable
     check_objective: str | None = None
+    # the task trains with torch on the trial's device: a trial holding GPUs where torch sees no CUDA
+    # fails (sweeper.devices.NoCudaError) instead of training on the CPU; False for tasks that need
+    # no CUDA (noop; command, whose script picks its device from CUDA_VISIBLE_DEVICES)
+    uses_cuda: bool = True
 
     def load_task(self) -> type:
         """The task class (imports its torch code)."""

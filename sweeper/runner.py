@@ -6,7 +6,8 @@ The Ray experiment lives at `storage/name`: a local directory, or a URI (`s3://b
 `gs://...`, any pyarrow/fsspec filesystem; query parameters such as `?endpoint_override=...`
 stay at the end). Launching a sweep whose experiment already exists there continues it
 (finished trials are not rerun, running ones resume from their last checkpoint, MLflow runs
-continue in place); `fresh=True` moves a local experiment aside first. Before any trial is
+continue in place; a damaged Tune state is restored from sweeper's copy or refused, never
+started over: `sweeper.tune_state`); `fresh=True` moves a local experiment aside. Before any trial is
 dispatched, a node-local `storage` on a multi-node cluster is refused (`storage_problem`).
 The runner knows nothing about detection: it drives `sweeper.trainable.run_trial`.
 """
@@ -81,8 +82,11 @@ class Outcome:
 def config_hash(sweep: Sweep) -> str:
     """Identity of a sweep's content: a relaunch must not silently continue a different sweep.
     `budget.time_limit` is left out: it bounds one launch, not what trials compute, so a resume
-    may run with another limit."""
-    raw = sweep.raw
+    may run with another limit; so are secret values (`secret_keys.public_raw`), which a resume
+    is given again."""
+    from sweeper.config.secret_keys import public_raw
+
+    raw = public_raw(sweep.raw)  # a secret's value is not part of a sweep's identity (and may be rotated)
     if isinstance(raw.get("budget"), dict) and "time_limit" in raw["budget"]:
         raw = {**raw, "budget": {k: v for k, v in raw["budget"].items() if k != "time_limit"}}
     doc = json.dumps(raw, sort_keys=True, default=str)
@@ -93,6 +97,13 @@ def trial_dirname(trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
     """`trial_<id>`: Ray's default name embeds the params (`lr=0.01,bs=4`), which breaks scripts
     that get the trial dir on their command line (Hydra reads `=` and `,` as syntax)."""
     return f"trial_{trial.trial_id}"
+
+
+def _shown(uri: str) -> str:
+    """`uri` as messages show it: a `user:password@` in it masked (`sweeper.config.redact_uri`)."""
+    from sweeper.config import redact_uri
+
+    return redact_uri(uri)
 
 
 def _local_dir(path: str) -> Path | None:
@@ -132,7 +143,7 @@ def _read_state(experiment: str | Path) -> dict[str, Any] | None:
     fs, path = _filesystem(str(experiment))
     try:
         with fs.open_input_stream(f"{path}/{STATE_FILE}") as fh:
-            return _parse_state(fh.read(), f"{experiment}/{STATE_FILE}")
+            return _parse_state(fh.read(), f"{_shown(str(experiment))}/{STATE_FILE}")
     except FileNotFoundError:
         return None
 
@@ -232,6 +243,36 @@ def check_storage(sweep: Sweep) -> None:
         raise SweepConfigError(sweep.file, "storage", problem)
 
 
+def check_writable(sweep: Sweep) -> None:
+    """Refuse a `storage` the experiment cannot be written to (a regular file in the way, a
+    read-only mount, a bucket without write access), before the launch creates its MLflow parent
+    run: Ray would fail only when it first writes, leaving a launch without trials recorded."""
+    from sweeper.config import SweepConfigError
+
+    exp_dir = sweep.experiment_dir
+    local = _local_dir(exp_dir)
+    probe = f".sweeper-write-probe-{os.getpid()}"
+    try:
+        if local is not None:
+            existing = next(p for p in (local, *local.parents) if p.exists())  # not created here: --fresh moves it
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a directory")
+            (existing / probe).write_bytes(b"")
+            (existing / probe).unlink()
+        else:
+            fs, path = _filesystem(exp_dir)
+            fs.create_dir(path, recursive=True)
+            with fs.open_output_stream(f"{path}/{probe}") as fh:
+                fh.write(b"")
+            fs.delete_file(f"{path}/{probe}")
+    except Exception as exc:  # noqa: BLE001 - whatever the filesystem raises, the answer is the same
+        from sweeper.config import redact_uri
+
+        raise SweepConfigError(sweep.file, "storage", f"the experiment directory {redact_uri(exp_dir)} cannot be written "
+                               f"({exc}); choose a writable `storage` (--set storage=DIR) or fix its "
+                               "permissions. Nothing was started; earlier launches are unchanged") from None
+
+
 def _init_ray(address: str | None, sweep: Sweep | None) -> bool:
     """Connect to Ray (or start a local one); True if this call did, so launch disconnects after."""
     import optuna
@@ -259,30 +300,73 @@ def _init_ray(address: str | None, sweep: Sweep | None) -> bool:
 
 
 def max_concurrent(sweep: Sweep) -> int:
-    """Trials at once: `budget.max_concurrent`, else what the cluster's CPUs and GPUs fit."""
+    """Trials at once: `budget.max_concurrent`, else what the cluster's nodes fit (`trials_that_fit`)."""
     import ray
 
     if sweep.spec.budget.max_concurrent:
         return sweep.spec.budget.max_concurrent
-    res = ray.cluster_resources()
-    fits = int(res.get("CPU", 1) // sweep.spec.resources.cpu)
-    if sweep.spec.resources.gpu:
-        fits = min(fits, int(res.get("GPU", 0) // sweep.spec.resources.gpu))
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = trials_that_fit(sweep.spec.resources.cpu, sweep.spec.resources.gpu, nodes)
     return max(1, min(fits, sweep.num_trials))
 
 
-def check_resources(sweep: Sweep) -> None:
-    """Refuse a trial that no node can hold (it would wait forever)."""
+#: Ray counts resources in units of 1/10000 (so 0.1 GPU x 10 is exactly one GPU)
+_RAY_UNITS = 10_000
+
+
+def trials_that_fit(need_cpu: float, need_gpu: float, nodes: list[dict[str, float]]) -> int:
+    """How many trials of `need_cpu` CPUs and `need_gpu` GPUs Ray can run at once on `nodes` (each
+    alive node's `Resources`), counted node by node as Ray places them: a trial's resources come
+    from one node, a fraction of a GPU from one GPU (0.4 GPU: 2 per GPU, not 2.5), and in Ray's
+    units, so 0.1 GPU packs 10 to a GPU (float division would say 9)."""
+    def units(x: float) -> int:
+        return int(round(float(x) * _RAY_UNITS))
+
+    total = 0
+    for res in nodes:
+        n = units(res.get("CPU", 0)) // max(1, units(need_cpu))
+        if need_gpu:
+            whole = units(res.get("GPU", 0)) // _RAY_UNITS  # GPUs on the node
+            n = min(n, whole * (_RAY_UNITS // units(need_gpu)) if need_gpu < 1 else whole // int(need_gpu))
+        total += n
+    return total
+
+
+def check_resources(sweep: Sweep, local: bool = False) -> None:
+    """Refuse a trial that no node can hold: Ray would keep it pending forever (a sweep asking for
+    GPUs on a cluster without any waits, silent, until someone looks). `local`: the Ray is the one
+    this launch started on this machine (no --address), which the message says."""
     import ray
 
     need_cpu, need_gpu = sweep.spec.resources.cpu, sweep.spec.resources.gpu
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not any(r.get("CPU", 0) >= need_cpu and r.get("GPU", 0) >= need_gpu for r in nodes):
-        have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes)
+    problem = resources_problem(need_cpu, need_gpu, nodes, local=local)
+    if problem:
         from sweeper.config import SweepConfigError
 
-        raise SweepConfigError(sweep.file, "resources", f"a trial asks for {need_cpu:g} CPU and "
-                               f"{need_gpu:g} GPU but no node has that (nodes: {have})")
+        field, text = problem
+        raise SweepConfigError(sweep.file, field, text)
+
+
+def resources_problem(need_cpu: float, need_gpu: float, nodes: list[dict[str, float]],
+                      local: bool = False) -> tuple[str, str] | None:
+    """(field, why) when no node of `nodes` (Ray's `Resources` of each alive node) holds one trial's
+    `resources`; None when one does."""
+    if any(r.get("CPU", 0) >= need_cpu and r.get("GPU", 0) >= need_gpu for r in nodes):
+        return None
+    have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes)
+    where = "this machine's Ray (started by this launch: no --address)" if local else "the Ray cluster"
+    if any(r.get("CPU", 0) >= need_cpu for r in nodes):  # the CPUs are there: the GPUs are missing
+        most = max(r.get("GPU", 0) for r in nodes)
+        fix = ("launch on a machine whose NVIDIA GPUs Ray detects, or join a cluster that has them "
+               "(--address)" if local else "start the GPU nodes with their GPUs (`ray start --num-gpus N`; "
+               "Ray detects them where the NVIDIA driver works)")
+        return "resources.gpu", (f"a trial asks for {need_gpu:g} GPU but no node of {where} has that many "
+                                 f"({'no GPUs at all' if not most else f'at most {most:g} GPU on one node'}; "
+                                 f"nodes: {have}), so no trial would ever start: {fix}, or set resources.gpu "
+                                 "lower (0: train on CPUs)")
+    return "resources", (f"a trial asks for {need_cpu:g} CPU and {need_gpu:g} GPU but no node of {where} has "
+                         f"that (nodes: {have})")
 
 
 def find_experiment(run_dir_or_name: str, storage: str = "runs") -> tuple[str, dict[str, Any]]:
@@ -299,14 +383,39 @@ def find_experiment(run_dir_or_name: str, storage: str = "runs") -> tuple[str, d
             if state:
                 remote = state.get("experiment", "")
                 return (remote if "://" in remote else str(candidate.resolve())), state
-    raise LookupError(f"no sweep experiment at {run_dir_or_name!r} (looked for {STATE_FILE} in "
+    raise LookupError(f"no sweep experiment at {_shown(run_dir_or_name)!r} (looked for {STATE_FILE} in "
                       f"{run_dir_or_name} and {Path(storage) / run_dir_or_name}); pass the directory "
                       "`sweeper launch` printed, e.g. runs/NAME")
 
 
 def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, verbose: int = 0,
            preflight: Callable[[], None] | None = None) -> Outcome:
-    """Run (or continue) the sweep to completion; returns counts and the best trial.
+    """Run (or continue) the sweep to completion; returns counts and the best trial (`_launch`).
+
+    A launch that raises leaves the record of earlier launches as it was: the parent run it
+    created is marked FAILED (KILLED on Ctrl-C; `sweeper leaderboard` skips such a run when it
+    has no trials), and a resumed launch's parent run gets back the status it had.
+    """
+    from sweeper import store
+
+    opened: dict[str, Any] = {}  # the parent run this launch created or reopened, until it is closed
+    try:
+        return _launch(sweep, address=address, fresh=fresh, verbose=verbose, preflight=preflight, opened=opened)
+    except BaseException as exc:
+        if opened:
+            try:
+                if opened.get("previous") is not None:
+                    store.restore_sweep_run(sweep.spec.tracking.uri, opened["run_id"], opened["previous"])
+                else:
+                    store.fail_sweep_run(sweep.spec.tracking.uri, opened["run_id"], exc)
+            except Exception as second:  # noqa: BLE001 - the launch's own error is the one to show
+                print(f"warning: could not mark the launch's MLflow run {opened['run_id']} as ended: {second}")
+        raise
+
+
+def _launch(sweep: Sweep, *, address: str | None, fresh: bool, verbose: int,
+            preflight: Callable[[], None] | None, opened: dict[str, Any]) -> Outcome:
+    """Run (or continue) the sweep to completion; `opened` gets the parent run once it exists.
 
     The console is `sweeper.console`'s (a live view on a terminal, plain lines elsewhere);
     `verbose` 1 or 2 also shows Ray's own trial tables (2: every result), 0 keeps them off.
@@ -320,22 +429,24 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     from ray.tune.schedulers import FIFOScheduler
 
     from sweeper import console, notify, store, tracking
-    from sweeper import time_budget
+    from sweeper import time_budget, tune_state
     from sweeper.results import asha_time_attr, time_attr
     from sweeper.scheduler import PersistentASHA
     from sweeper.search import build_searcher
     from sweeper.trainable import run_trial
+
+    from sweeper.config.secret_keys import public_sweep, recorded_overrides
 
     t0 = time.time()
     spec = sweep.spec
     exp_dir = sweep.experiment_dir
     local = _local_dir(exp_dir)
     chash = config_hash(sweep)
-    if local is not None and fresh and local.exists():
-        aside = f"{local}.{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(local, aside)
-        print(f"moved the previous experiment aside to {aside}")
-
+    if not fresh and tune.Tuner.can_restore(exp_dir):  # a damaged Tune state: repaired or refused before Ray starts
+        recovered = tune_state.check_before_restore(exp_dir, sweep.file)  # never a silent start-over
+        if recovered:
+            print(recovered)
+    check_writable(sweep)  # before Ray starts and the parent run exists: a failed relaunch leaves no trace
     # Creating a new sqlite store runs MLflow's migrations (~4 s): overlap them with Ray's start.
     from concurrent.futures import ThreadPoolExecutor
 
@@ -348,39 +459,53 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
     time_budget.check_against_history(sweep, experiment_id)  # a time_limit shorter than one measured epoch
     board_url = notify.leaderboard_link(spec.tracking.uri, experiment_id)  # what the console and webhook link
     console_log = str(driver_dir(sweep) / CONSOLE_LOG)
-    check_resources(sweep)
+    check_resources(sweep, local=started_ray and not address)
     check_storage(sweep)
+    # --fresh: the old experiment is moved aside once this launch's parent run exists, so that a
+    # relaunch failing before then leaves it in place (and resumable)
+    moving = local is not None and fresh and local.exists()
     trainable = tune.with_resources(
         # budget.time_limit: the trials share one clock, started by the first of them to train
         tune.with_parameters(run_trial, sweep=sweep, launch_clock=time_budget.arm(spec.budget.time_limit)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
-    resumed = tune.Tuner.can_restore(exp_dir)
+    resumed = not moving and tune.Tuner.can_restore(exp_dir)
     if resumed and fresh and local is None:
         from sweeper.config import SweepConfigError
 
-        raise SweepConfigError(sweep.file, "storage", f"--fresh cannot move {exp_dir} aside in object "
+        raise SweepConfigError(sweep.file, "storage", f"--fresh cannot move {_shown(exp_dir)} aside in object "
                                "storage; delete it there or choose another `name`")
     state = (_read_state(exp_dir) or _read_state(driver_dir(sweep))) if resumed else None
     if resumed:
         if state and state.get("config_hash") != chash:
             from sweeper.config import SweepConfigError
 
-            raise SweepConfigError(sweep.file, None, f"{exp_dir} holds a sweep named {sweep.name!r} "
+            raise SweepConfigError(sweep.file, None, f"{_shown(exp_dir)} holds a sweep named {sweep.name!r} "
                                    "made from a different configuration; relaunch with --fresh "
                                    "(the old one is kept beside it) or choose another `name`")
         if state:
-            parent_run_id = state["parent_run_id"]
-            store.reopen_sweep_run(spec.tracking.uri, parent_run_id)
+            parent_run_id = state["parent_run_id"]  # reopened just before `fit`, once nothing else can fail
         else:
             parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
-        print(f"continuing sweep {sweep.name!r} from {exp_dir}")
+            opened["run_id"] = parent_run_id
+        print(f"continuing sweep {sweep.name!r} from {_shown(exp_dir)}")
+        if spec.search_alg.storage not in (None, "memory"):  # the pickled searcher's storage URL is masked
+            from sweeper import study
+
+            study.remember(spec.search_alg.storage)
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=False)
         console.adopt(tuner, sweep, board_url, verbose, console_log)
+        tracking.adopt(tuner, sweep)  # the restored logger pickled a public sweep: give it the real one
+        tune_state.adopt(tuner, exp_dir)
         time_budget.adopt(tuner, spec.budget.time_limit)  # a limit set only now needs its callback
     else:
         parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
+        opened["run_id"] = parent_run_id
+        if moving:
+            moved_to = f"{local}.{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(local, moved_to)
+            print(f"moved the previous experiment aside to {moved_to}")
         budget = spec.budget.max_failed_trials
         failure_budget = _failure_budget_class()(budget) if budget is not None else None
         # ASHA counts what the trials report as their time: epochs, a command trial's steps, or seconds
@@ -399,11 +524,19 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
                                       num_samples=sweep.num_trials, state_path=str(driver_dir(sweep) / PROMOTION_STATE))
         # an ablation is a fixed list of (variant, seed) points: Tune's grid runs each exactly once
         ablation = spec.ablation is not None
-        searcher = None if ablation else build_searcher(sweep, max_concurrent(sweep))
+        # the searcher is pickled into tuner.pkl and prints its trials: it searches a public sweep (secrets
+        # replaced, a searched secret as its aliases); the real sweep reaches trials only through Ray's object store
+        searcher = None if ablation else build_searcher(public_sweep(sweep, study_storage=True), max_concurrent(sweep))
         imported = getattr(getattr(searcher, "searcher", None), "warm_start", None)
         if imported is not None:  # the parent run says what seeded the sampler (once: resume restores it)
             store.tag_run(spec.tracking.uri, parent_run_id, imported.tags())
             print(f"warm start: {imported.summary()}")
+        aside = getattr(getattr(searcher, "searcher", None), "study_set_aside", None)
+        if aside:  # a study of this name outlived its experiment (deleted, or moved aside by --fresh)
+            from sweeper.config import redact_uri
+
+            print(f"the earlier Optuna study {sweep.name!r} is kept as {aside!r} in "
+                  f"{redact_uri(spec.search_alg.storage or '')}; this launch starts a new one")
         tuner = tune.Tuner(
             trainable,
             param_space={"ablation": tune.grid_search(sweep.ablation_points)} if ablation else None,
@@ -421,6 +554,7 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
                 name=spec.name, storage_path=spec.storage, verbose=verbose,
                 callbacks=[tracking.MLflowTrialLogger(sweep, parent_run_id, experiment_id), CSVLoggerCallback(), JsonLoggerCallback(),
                            console.SweepConsole(sweep, board_url, verbose=bool(verbose), log_path=console_log),
+                           tune_state.StateCopy(exp_dir),  # the last good experiment state, for a resume
                            *([failure_budget] if failure_budget else []),
                            *([time_budget.TimeLimit()] if spec.budget.time_limit is not None else [])],
                 stop=failure_budget,
@@ -434,25 +568,34 @@ def launch(sweep: Sweep, *, address: str | None = None, fresh: bool = False, ver
             ),
         )
     state = {"parent_run_id": parent_run_id, "config_hash": chash, "sweep_file": str(sweep.file),
-             "overrides": list(sweep.overrides), "cwd": str(sweep.cwd), "experiment": exp_dir}
+             "overrides": recorded_overrides(sweep.overrides), "cwd": str(sweep.cwd), "experiment": exp_dir}
     _write_state(exp_dir, state)
     if local is None:  # the driver's copy: `sweeper resume NAME` from the launch directory
         _write_state(str(driver_dir(sweep)), state)
 
+    if resumed and state:
+        opened.update(run_id=parent_run_id, previous=store.reopen_sweep_run(spec.tracking.uri, parent_run_id))
+    if resumed:
+        tune_state.refuse_silent_restart(exp_dir, sweep.file)  # state damage the check above cannot see: an error, not a rerun
     try:
         with _env_while_fitting(_fit_switches(verbose)):
             tuner.fit()  # Ctrl-C makes it return early; _summarize tells
     finally:
+        try:  # Tune has written its final state: keep a copy for a later resume
+            tune_state.keep_copy(exp_dir)
+        except Exception as exc:  # noqa: BLE001 - the sweep's results matter more than the copy
+            print(f"warning: could not keep a copy of the experiment state: {exc}")
         console.close_all()  # the live view goes before anything else is printed
         failed_writes = tracking.flush_all()  # MLflow is written on a background thread: let it finish
         if failed_writes:
             print(f"warning: {len(failed_writes)} MLflow writes failed (the first ones are printed above); "
-                  f"the trials' results are also in {exp_dir} (result.json per trial)")
+                  f"the trials' results are also in {_shown(exp_dir)} (result.json per trial)")
         if started_ray:  # a local Ray stops here, not at interpreter exit (~1 s faster)
             import ray
 
             ray.shutdown()
     outcome = _summarize(sweep, exp_dir, parent_run_id, resumed, time.time() - t0)
+    opened.clear()  # closed by _summarize
     outcome.time_limit_reached = time_budget.reached() and outcome.interrupted  # not when all ended anyway
     notify.announce_end(sweep, outcome, board_url)  # the `end` message; waits (bounded) for queued ones
     return outcome

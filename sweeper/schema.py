@@ -175,6 +175,10 @@ class SearchAlg(Strict):
         "tpe", description="Optuna sampler for name: optuna: tpe, gp (Gaussian process), cmaes (CMA-ES, one "
         "objective), qmc (scrambled Sobol), random, nsga2 (NSGA-II, for several objectives)")
     seed: int | None = Field(0, description="sampler seed; null = random")
+    storage: str | None = Field(
+        None, description="where the Optuna study is kept, so optuna-dashboard (sweeper ui NAME --optuna) shows it "
+        "live: a SQLAlchemy URL (sqlite:///optuna.db, postgresql://USER@HOST/DB), `memory` (only in Ray's "
+        "searcher state: no dashboard), or null = optuna.db beside the tracking store's mlruns.db")
 
 
 class Constraint(Strict):

@@ -16,10 +16,21 @@ The sampler is `search_alg.sampler` (tpe, gp, cmaes, qmc, random, nsga2), seeded
 pickles the searcher with its study, so a resumed sweep has them once. With `constraints`, each
 finished or pruned trial gets its constraint values (`Trial.set_constraint`, before `tell`: what
 Optuna 5's tpe, gp and nsga2 read; cmaes, qmc and random ignore constraints, so they get none).
+
+The study is kept in `search_alg.storage` (a database, `sweeper.study`), so optuna-dashboard can
+read it live. Tune saves the searcher (with the study's URL, not its trials) at each experiment
+checkpoint, while the database is written at every ask and tell: after a crash the database can
+be ahead of the searcher Tune restores. The first call after a restore reconciles them, so a
+resume neither duplicates nor loses a trial: a trial the database finished in the meantime is not
+told again, a report already stored is not written twice, and a trial Optuna had handed out that
+Tune never recorded (asked after the last checkpoint) is handed out again for the next trial
+instead of asking Optuna for one more.
 """
 from __future__ import annotations
 
+import copy
 import logging
+import weakref
 from typing import Any
 
 import optuna
@@ -34,6 +45,8 @@ from sweeper.results import BEST_OBJECTIVE, EPOCH, PATIENCE, SELF_STOPS, STOP_RE
 from sweeper.spaces import grid_values, to_optuna
 
 log = logging.getLogger(__name__)
+#: searchers reconciled with their stored study in this process (a restored one is not, yet)
+_IN_SYNC: weakref.WeakSet = weakref.WeakSet()
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -46,6 +59,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._time_attr = time_attr
         self._constraints = list(constraints or [])  # [] where the sampler takes no constraints
         self.warm_start = None  # the sweeper.warm_start.WarmStart imported by build_searcher, if any
+        self.study_set_aside: str | None = None  # what build_searcher renamed an earlier study to
 
     def _record_constraints(self, trial_id: str, result: dict | None) -> None:
         """The trial's constraint values, on the trial before `tell`: the sampler reads them there."""
@@ -55,7 +69,42 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             for key, value in zip(feasibility.keys(constraints), feasibility.violations(constraints, result or {})):
                 trial.set_constraint(key, value)
 
+    def _sync_with_storage(self) -> None:
+        """Once per process: align a searcher Tune restored with the study in its database."""
+        if self in _IN_SYNC:
+            return
+        _IN_SYNC.add(self)
+        if self._ot_study is None or isinstance(getattr(self._ot_study, "_storage", None),
+                                                optuna.storages.InMemoryStorage):
+            return  # an in-memory study is the pickle itself: nothing can be ahead of it
+        stored = {t._trial_id: t for t in self._ot_study.get_trials(deepcopy=False)}
+        bound = set()
+        for tune_id, ot_trial in self._ot_trials.items():
+            frozen = stored.get(ot_trial._trial_id)
+            if frozen is None:
+                continue
+            bound.add(frozen._trial_id)
+            ot_trial._cached_frozen_trial = copy.deepcopy(frozen)  # its stored reports are skipped
+            if frozen.state.is_finished():
+                self._completed_trials.add(tune_id)
+        self.__dict__["_unclaimed"] = [i for i, t in stored.items()
+                                       if t.state == optuna.trial.TrialState.RUNNING and i not in bound]
+        if self._unclaimed:
+            log.info("%d Optuna trial(s) asked after the last checkpoint are handed out again", len(self._unclaimed))
+
+    @property
+    def _unclaimed(self) -> list[int]:
+        """Stored RUNNING trials no Tune trial holds (asked after the checkpoint Tune restored)."""
+        return self.__dict__.setdefault("_unclaimed", [])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        self._sync_with_storage()
+        if trial_id not in self._ot_trials and self._unclaimed and not callable(self._space):
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, self._unclaimed.pop(0))
+        return super().suggest(trial_id)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._sync_with_storage()
         if isinstance(self.metric, list):  # Optuna keeps no intermediate values for multi-objective
             return
         if trial_id in self._completed_trials or self.metric not in result:
@@ -67,7 +116,10 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._reported[trial_id] = step
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if error or not result or trial_id in self._completed_trials:
+        self._sync_with_storage()
+        if trial_id in self._completed_trials:  # told already (before a restore, in the database)
+            return
+        if error or not result:
             super().on_trial_complete(trial_id, result, error)
             return
         self._record_constraints(trial_id, result)
@@ -155,9 +207,15 @@ def frozen_trials(plan, dims, constraints: list) -> list:  # noqa: ANN001, ANN20
 
 
 def build_searcher(sweep: Sweep, max_concurrent: int) -> ConcurrencyLimiter | None:
-    """Optuna behind a concurrency limit, so it never proposes more trials than can run."""
+    """Optuna behind a concurrency limit, so it never proposes more trials than can run. Called
+    when a sweep starts afresh: a study of the sweep's name already in the storage is set aside
+    (`sweeper.study.set_aside`; the new name is the searcher's `study_set_aside`)."""
+    from sweeper import study as stored_study
+
     if not sweep.dimensions:
         return None
+    storage = stored_study.open_storage(sweep.spec.search_alg.storage or "memory")
+    aside = stored_study.set_aside(storage, sweep.name) if storage is not None else None
     objectives = sweep.objectives or [sweep.spec.objective]
     multi = len(objectives) > 1  # Optuna's TPE is multi-objective (MOTPE) when given several directions
     searcher = PrunedAwareOptunaSearch(
@@ -168,7 +226,10 @@ def build_searcher(sweep: Sweep, max_concurrent: int) -> ConcurrencyLimiter | No
         max_t=sweep.max_t,
         time_attr=time_attr(sweep.spec.command),
         constraints=told_constraints(sweep),
+        storage=storage,
+        study_name=sweep.name if storage is not None else None,
     )
+    searcher.study_set_aside = aside
     start = search_start(sweep.spec, sweep.dimensions)
     if start.warm_start:
         from sweeper import warm_start

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sweeper.config import REDACTED, Sweep, redact
+from sweeper.config import REDACTED, Sweep, redact, redact_uri
 from sweeper.registry import TaskSpec, all_specs, get_spec
 from sweeper.results import BEST_OBJECTIVE, EPOCH
 
@@ -102,13 +102,36 @@ def start_sweep_run(sweep: Sweep, config_hash: str, experiment_id: str | None = 
            if sweep.spec.constraints else {}),
         "sweeper.config_hash": config_hash,
         "sweeper.sweep_file": str(sweep.file),
+        **optuna_tags(sweep),
     })
-    c.log_text(run.info.run_id, _sweep_text(sweep), "sweep.yaml")
-    c.log_dict(run.info.run_id, redact(sweep.raw), "sweep.resolved.json")
-    from sweeper import ui  # MLflow's UI opens the experiment on this launch's leaderboard (`sweeper ui`)
+    try:  # the run exists now: if what follows fails, it must not stay RUNNING as the latest launch
+        c.log_text(run.info.run_id, _sweep_text(sweep), "sweep.yaml")
+        c.log_dict(run.info.run_id, redact(sweep.raw), "sweep.resolved.json")
+        from sweeper import ui  # MLflow's UI opens the experiment on this launch's leaderboard (`sweeper ui`)
 
-    ui.tag_experiment(c, exp_id, run.info.run_id, run.data.tags)
+        ui.tag_experiment(c, exp_id, run.info.run_id, run.data.tags)
+    except Exception as exc:
+        fail_sweep_run(uri, run.info.run_id, exc)
+        from sweeper.config import SweepConfigError, redact_uri
+
+        raise SweepConfigError(sweep.file, "tracking.uri", f"MLflow could not record the launch in "
+                               f"{redact_uri(uri)} (artifacts at {redact_uri(run.info.artifact_uri)}): "
+                               f"{type(exc).__name__}: {exc}; nothing was started and earlier launches are "
+                               "unchanged") from None
     return run.info.run_id
+
+
+#: where a launch's Optuna study is (`sweeper ui NAME --optuna` reads them)
+OPTUNA_STORAGE_TAG, OPTUNA_STUDY_TAG = "sweeper.optuna_storage", "sweeper.optuna_study"
+
+
+def optuna_tags(sweep: Sweep) -> dict[str, str]:
+    """The study's storage URL (a password in it redacted) and name; none for an ablation or a
+    study kept in memory."""
+    storage = sweep.spec.search_alg.storage
+    if sweep.spec.ablation is not None or not sweep.dimensions or storage in (None, "memory"):
+        return {}
+    return {OPTUNA_STORAGE_TAG: redact_uri(storage), OPTUNA_STUDY_TAG: sweep.name}
 
 
 def ablated_keys(sweep: Sweep) -> list[str]:
@@ -130,11 +153,41 @@ def _sweep_text(sweep: Sweep) -> str:
         yaml.safe_dump(redact(doc), sort_keys=False)
 
 
-def reopen_sweep_run(uri: str, run_id: str) -> None:
-    """Mark a launch's parent run as running again when the sweep is continued."""
+def reopen_sweep_run(uri: str, run_id: str) -> tuple[str, int | None, str | None]:
+    """Mark a launch's parent run as running again when the sweep is continued; returns what it
+    was (status, end time, `sweeper.status`), so a resume that fails can put it back."""
     c = client(uri)
+    run = c.get_run(run_id)
+    previous = (run.info.status, run.info.end_time, run.data.tags.get("sweeper.status"))
     c.update_run(run_id, status="RUNNING")
     c.set_tag(run_id, "sweeper.status", "running")
+    return previous
+
+
+def restore_sweep_run(uri: str, run_id: str, previous: tuple[str, int | None, str | None]) -> None:
+    """Undo `reopen_sweep_run`: a resume that failed before its trials ran leaves the launch as it was."""
+    status, end_time, tag = previous
+    c = client(uri)
+    if status == "RUNNING":
+        c.update_run(run_id, status="RUNNING")
+    else:
+        c.set_terminated(run_id, status, end_time=end_time)
+    if tag is None:
+        c.delete_tag(run_id, "sweeper.status")
+    else:
+        c.set_tag(run_id, "sweeper.status", tag)
+
+
+def fail_sweep_run(uri: str, run_id: str, error: BaseException) -> None:
+    """Close the parent run of a launch that raised: FAILED with the error (KILLED on Ctrl-C), so
+    it is not left RUNNING and, with no trials, `leaderboard` passes over it."""
+    from mlflow.entities import RunTag
+
+    killed = isinstance(error, KeyboardInterrupt)
+    c = client(uri)
+    c.log_batch(run_id, tags=[RunTag("sweeper.status", "killed" if killed else "failed"),
+                              RunTag("sweeper.error", f"{type(error).__name__}: {error}"[:4000])])
+    c.set_terminated(run_id, "KILLED" if killed else "FAILED")
 
 
 def finish_sweep_run(uri: str, run_id: str, best: dict[str, Any] | None, status: str) -> None:
@@ -157,12 +210,12 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
     exp = c.get_experiment_by_name(name)
     if exp is None:
         known = [e.name for e in c.search_experiments()]
-        raise LookupError(f"no sweep named {name!r} in {uri}; known: {', '.join(known) or 'none'}")
+        raise LookupError(f"no sweep named {name!r} in {redact_uri(uri)}; known: {', '.join(known) or 'none'}")
     parents = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'sweep'",
                             order_by=["attributes.start_time DESC"])
     if not parents:
-        raise LookupError(f"experiment {name!r} in {uri} holds no sweeper launch")
-    parent = parents[0]
+        raise LookupError(f"experiment {name!r} in {redact_uri(uri)} holds no sweeper launch")
+    parent = _latest_launch(c, exp.experiment_id, parents)
     objective, mode = parent.data.tags["sweeper.objective"], parent.data.tags["sweeper.mode"]
     tasks = _tasks_of(parent.data.tags.get("sweeper.task"))
     hidden = tuple(p for t in tasks for p in t.detail_prefixes)
@@ -210,6 +263,17 @@ def leaderboard(uri: str, name: str, *, top: int | None = None, all_launches: bo
             "ablation": ablation,
             **({"confirmed": confirmed} if confirmed is not None else {}),
             "parent_run_id": parent.info.run_id, "rows": rows[:top] if top else rows}
+
+
+def _latest_launch(c: Any, experiment_id: str, parents: list) -> Any:  # noqa: ANN401 - mlflow entities
+    """The newest launch that recorded trials, passing over launches that failed before any trial
+    ran (a relaunch on unwritable storage must not hide the previous launch's results); the
+    newest launch when none qualifies. `parents`: newest first."""
+    for parent in parents:
+        if parent.info.status != "FAILED" or c.search_runs(
+                [experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1):
+            return parent
+    return parents[0]
 
 
 def _tasks_of(name: str | None) -> list[TaskSpec]:
@@ -300,7 +364,7 @@ def sweep_trials(uri: str, name: str, metrics: list[str]) -> dict[str, Any]:
     if not parents:
         known = sorted(e.name for e in c.search_experiments()
                        if c.search_runs([e.experiment_id], "tags.`sweeper.kind` = 'sweep'", max_results=1))
-        raise LookupError(f"no sweep named {name!r} in {uri}; the sweeps there: {', '.join(known) or 'none'}")
+        raise LookupError(f"no sweep named {name!r} in {redact_uri(uri)}; the sweeps there: {', '.join(known) or 'none'}")
     runs = c.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'trial'", max_results=50000)
     trials = []
     for run in runs:

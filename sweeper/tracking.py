@@ -25,7 +25,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from sweeper.config import SECRET_NAME, Sweep, flatten, trial_params
+from sweeper.config import SECRET_NAME, Sweep, flatten, redact_uri, trial_params
+from sweeper.config.secret_keys import is_alias, public_sweep
 from sweeper.constraints import feasible
 from sweeper.results import (
     BEST_EPOCH,
@@ -52,6 +53,16 @@ _RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid",
 MAX_PRINTED_ERRORS = 5
 #: loggers with writes in flight, so the runner can wait for all of them (Tune restores its own copy)
 _LIVE: "weakref.WeakSet[MLflowTrialLogger]" = weakref.WeakSet()
+
+
+def adopt(tuner: Any, sweep: Sweep) -> None:
+    """On resume: the trial loggers Tune restored from `tuner.pkl` hold the public sweep they
+    pickled (`MLflowTrialLogger.__getstate__`): give them the real sweep and tracking URI again.
+    Reaches into `Tuner._local_tuner` (Ray 2.60), as `console.adopt` does."""
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
+    for cb in (run_config.callbacks or []) if run_config is not None else []:
+        if isinstance(cb, MLflowTrialLogger):
+            cb.sweep, cb.uri = sweep, sweep.spec.tracking.uri
 
 
 def flush_all() -> list[str]:
@@ -107,6 +118,9 @@ class MLflowTrialLogger(Callback):
         state = {k: v for k, v in dict(self.__dict__).items()
                  if k not in ("_pool", "_errors", "_unwritten", "_unwritten_lock")}
         state.update(runs={}, last_epoch={}, logged_params={}, _client=None, _fresh=False)
+        # the pickle lands in tuner.pkl, in `storage`: no secret values, no password in the URI;
+        # a resumed launch gives the restored logger its sweep again (`adopt`)
+        state.update(sweep=public_sweep(self.sweep), uri=redact_uri(self.uri))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -131,7 +145,7 @@ class MLflowTrialLogger(Callback):
         try:
             job()
         except Exception as exc:  # noqa: BLE001 - a tracking failure must not end the sweep
-            message = f"MLflow ({self.uri}): {what} failed: {type(exc).__name__}: {str(exc)[:500]}"
+            message = f"MLflow ({redact_uri(self.uri)}): {what} failed: {type(exc).__name__}: {str(exc)[:500]}"
             self._errors.append(message)
             if len(self._errors) <= MAX_PRINTED_ERRORS:  # a store that is down fails every write
                 print(f"sweeper: {message}", file=sys.stderr, flush=True)
@@ -192,7 +206,9 @@ class MLflowTrialLogger(Callback):
         run = self.c.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
         # known before anything else is written: a failed write must never lead to a second run
         self.runs[trial.trial_id] = run.info.run_id
-        own = param_names({k: v for k, v in trial_params(dict(trial.config)).items() if not SECRET_NAME.search(k)})
+        # a searched secret is in Tune's config as its alias (`secret_keys`): that may be shown, a value never
+        own = param_names({k: v for k, v in trial_params(dict(trial.config)).items()
+                           if not SECRET_NAME.search(k) or is_alias(v)})
         self.c.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in own.items()])
         self.logged_params[run.info.run_id] = set(own)
         return run.info.run_id

@@ -10,9 +10,11 @@ keys of `sweeper.results`: `epoch` (ASHA's time attribute; `step` for a command 
 `best_epoch`, `stop_reason` when the trial ends itself early (`early_stopping`'s patience ran out,
 or a command trial's script exited before its planned length), and once per (re)start the
 effective config the trial trains with (`results.TRIAL_CONFIG`: resolved workers and
-micro-batches, device, AMP, library versions), which is what MLflow logs. With `early_stopping`,
-every new best is checkpointed too, whatever `checkpoint.min_interval_s` says, so the epoch a
-trial that stops by patience is judged by has its checkpoint. With `scheduler.promote`, every
+micro-batches, device, AMP, the node and the GPU ids Ray assigned, library versions), which is
+what MLflow logs. A torch task's trial holding GPUs where torch sees no CUDA fails at once
+(`sweeper.devices.NoCudaError`, naming the node and CUDA_VISIBLE_DEVICES), never trains on the CPU.
+With `early_stopping`, every new best is checkpointed too, whatever `checkpoint.min_interval_s`
+says, so the epoch a trial that stops by patience is judged by has its checkpoint. With `scheduler.promote`, every
 rung epoch is checkpointed too: the trial pauses there and is resumed from that epoch.
 Time budgets (`sweeper.time_budget`): a trial that has trained `budget.trial_time_limit` ends after
 that epoch (`stop_reason: time_limit`, checkpointed); after the launch's `budget.time_limit` the
@@ -38,6 +40,8 @@ from ray import tune
 
 from sweeper import results, time_budget
 from sweeper.config import Sweep, build_trial, redact, script_params, trial_params
+from sweeper.config.secret_keys import reveal
+from sweeper.devices import Placement, gpu_share, trial_device
 
 STATE_FILE = "trial_state.pt"
 #: subdirectory of a trial's directory for the task's evaluation files (tracking attaches them)
@@ -80,6 +84,13 @@ def restore_task(task: Any, saved: dict[str, Any]) -> None:
         raise CheckpointError(f"trial checkpoint {saved.get('source', STATE_FILE)} (epoch {saved.get('epoch')}) does "
                               "not fit this trial's model or optimizer (was the sweep file's model changed? "
                               f"launch with --fresh): {str(exc)[:400]}") from None
+
+
+def _placement() -> Placement:
+    """This trial's node and the GPUs Ray assigned it (what a no-CUDA error names, what the trial logs)."""
+    import ray
+
+    return Placement.here(ray.get_gpu_ids(), ray.util.get_node_ip_address())
 
 
 def _better(a: float, b: float | None, mode: str) -> bool:
@@ -152,7 +163,9 @@ def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) ->
     ends is checkpointed and the trial waits to be stopped with the launch, resumable."""
     # one INFO line per checkpoint from Ray, forwarded to the driver's console: noise there
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    config = trial_params(config)
+    # a searched secret reaches Tune as its alias (`secret_keys.public_sweep`): `sweep` is the real
+    # one, from Tune's object store, so the alias becomes the value here, in the trial's process only
+    config = reveal(sweep, trial_params(config))
     if sweep.spec.command is not None:
         run_command_trial(config, sweep, launch_clock)
         return
@@ -161,7 +174,11 @@ def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) ->
     from sweeper.tasks.training import loader_settings
 
     torch.set_num_threads(_threads_for_trial(sweep))
-    device = "cuda" if sweep.spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    # GPUs Ray assigned but no CUDA here: fail now, naming the node, never train on the CPU instead
+    placement = _placement()
+    device = trial_device(sweep.spec.resources.gpu, uses_cuda=sweep.task.uses_cuda,
+                          cuda_available=torch.cuda.is_available(), placement=placement,
+                          torch_cuda=torch.version.cuda)
     # files a task writes at evaluation (confusion matrix), attached to the trial's MLflow run
     artifacts_dir = str(Path(tune.get_context().get_trial_dir()) / ARTIFACTS_DIR)
     objective = sweep.spec.objective.metric
@@ -186,7 +203,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) ->
         """The task, restored from `saved` if there is one; returns (task, first epoch, progress)."""
         nonlocal pending_config
         task = task_cls(cfg, device=device)
-        pending_config = effective_config(cfg, getattr(task, "runtime", {}))
+        pending_config = effective_config(cfg, {**getattr(task, "runtime", {}), **placement.runtime()})
         if saved is None:
             return task, 1, Progress.for_sweep(sweep)
         restore_task(task, saved)
@@ -200,7 +217,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) ->
     last_saved = time.monotonic()
     deadline = time_budget.trial_deadline(launch_clock)  # the first trial to train starts the launch's clock
     clock = time_budget.TrialClock(saved.get(time_budget.TRAINED_S, 0.0) if saved else 0.0,
-                                   sweep.spec.resources.gpu if device == "cuda" else 0.0)
+                                   gpu_share(device, sweep.spec.resources.gpu))
     if time_budget.past(deadline):  # started after the launch's time limit: train nothing
         time_budget.wait_at_start(launch_clock, tune.get_context().get_trial_id())
     while epoch <= epochs:
@@ -208,13 +225,14 @@ def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) ->
             metrics = dict(task.train_one_epoch(epoch))
         except torch.OutOfMemoryError as exc:
             micro, batch = cfg.train.micro_batches, cfg.train.batch_size
-            if oom_retries >= sweep.spec.budget.oom_retries or micro >= batch:
+            more = oom_micro_batches(micro, batch, oom_retries, sweep.spec.budget.oom_retries)
+            if more is None:
                 raise RuntimeError(f"CUDA out of memory at epoch {epoch} with a per-step batch of "
                                    f"{-(-batch // micro)} ({micro} micro-batches of {batch}) after {oom_retries} "
                                    f"retries (budget.oom_retries {sweep.spec.budget.oom_retries}): lower "
                                    "train.batch_size or train.resolution, or give the trial a larger GPU") from exc
             oom_retries += 1
-            resolved["micro_batches"] = min(batch, micro * 2)
+            resolved["micro_batches"] = more
             cfg = build_trial(sweep, config, artifacts_dir=artifacts_dir, train=resolved)
             del task
             gc.collect()
@@ -267,6 +285,15 @@ def run_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = None) ->
         epoch += 1
 
 
+def oom_micro_batches(micro: int, batch: int, retries: int, budget: int) -> int | None:
+    """The micro-batches to retry with after a CUDA out-of-memory error (twice as many, at most one
+    image each: the effective batch is kept), or None when the trial should fail: `budget`
+    (`budget.oom_retries`) retries spent, or already one image per micro-batch."""
+    if retries >= budget or micro >= batch:
+        return None
+    return min(batch, micro * 2)
+
+
 def pause_rungs(sweep: Sweep) -> list[int]:
     """The epochs at which `scheduler.promote` pauses a trial (each needs its checkpoint); none without it."""
     sched = sweep.spec.scheduler
@@ -317,7 +344,8 @@ def run_command_trial(config: dict[str, Any], sweep: Sweep, launch_clock: Any = 
     params = script_params(sweep, config)
     trial = CommandTrial(spec.command.model_dump(), params, trial_dir=trial_dir,
                          objective=spec.objective.metric, cpus=spec.resources.cpu, gpu_ids=gpu_ids)
-    pending_config: str | None = json.dumps(redact({**params, "runtime": {"gpu_ids": gpu_ids}}), default=str)
+    runtime = Placement.here(gpu_ids, ray.util.get_node_ip_address()).runtime()  # node, gpu_ids, CUDA_VISIBLE_DEVICES
+    pending_config: str | None = json.dumps(redact({**params, "runtime": runtime}), default=str)
     objective, time_key = spec.objective.metric, results.time_attr(spec.command)
     progress = Progress.for_sweep(sweep)
     state: dict[str, Any] = {}

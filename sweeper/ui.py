@@ -275,35 +275,44 @@ def server_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {**(os.environ if env is None else env), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def wait_ready(proc: subprocess.Popen, base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Until the server answers /health; RuntimeError if it exits or does not answer in time."""
+def wait_ready(proc: subprocess.Popen, probe_url: str, what: str = "the MLflow server",
+               timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Until `probe_url` answers 200; RuntimeError if the server exits or does not answer in time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the MLflow server exited with code {proc.returncode} before it answered")
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it answered")
         try:
-            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
+            with urllib.request.urlopen(probe_url, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"the MLflow server did not answer {base_url}/health within {timeout_s:.0f} s")
+    raise RuntimeError(f"{what} did not answer {probe_url} within {timeout_s:.0f} s")
 
 
 def serve(uri: str, host: str, port: int, on_ready: Callable[[], None]) -> int:
     """Run the MLflow UI until Ctrl-C (or SIGTERM); `on_ready` once it answers. Returns the
     server's exit code (0 when stopped by the user)."""
-    # its own process group, so stopping it stops uvicorn too, whoever sent the signal
+    return serve_process(server_command(uri, host, port), server_env(), f"{server_url(host, port)}/health",
+                         on_ready, "the MLflow server")
+
+
+def serve_process(cmd: list[str], env: dict[str, str], probe_url: str, on_ready: Callable[[], None],
+                  what: str) -> int:
+    """Run a UI server (`cmd`) until Ctrl-C (or SIGTERM); `on_ready` once `probe_url` answers.
+    Returns its exit code (0 when stopped by the user)."""
+    # its own process group, so stopping it stops its workers too, whoever sent the signal
     group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-    proc = subprocess.Popen(server_command(uri, host, port), env=server_env(), **group)
+    proc = subprocess.Popen(cmd, env=env, **group)
 
     def _stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        wait_ready(proc, server_url(host, port))
+        wait_ready(proc, probe_url, what)
         on_ready()
         return proc.wait()
     except KeyboardInterrupt:

@@ -160,7 +160,9 @@ def test_the_callback_sends_failures_and_bests_and_pickles_without_its_runtime(t
         cb.on_trial_error(0, [], b)
         assert cb._notifier.flush(10)
         restored = pickle.loads(pickle.dumps(cb))  # as Tune saves it in the experiment state
-        assert restored._notifier is None and restored.tally.trials == {} and restored.notify == cb.notify
+        assert restored._notifier is None and restored.tally.trials == {}
+        # the pickle lands in tuner.pkl: the webhook (a secret) is given back on resume (console.adopt)
+        assert restored.notify == (None, cb.notify[1]) and b"hook/secret" not in pickle.dumps(cb)
     finally:
         server.shutdown()
         server.server_close()

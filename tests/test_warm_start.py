@@ -3,6 +3,7 @@ and `search.warm_start` (an earlier sweep's trials from a real MLflow store, res
 shared keys and the new ranges, added to the study once: a restored searcher does not re-import)."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import optuna
@@ -174,7 +175,7 @@ def test_warm_start_reads_the_earlier_sweep_and_the_study_holds_it_once_after_a_
     assert imported["pilot/t0.5"].value == 0.7  # patience: its best_objective
     assert s.suggest("a") == {"x": 0.25, "y": 0.5}  # the start point is the first trial
     limiter.save(str(tmp_path / "searcher.pkl"))
-    restored = build_searcher(_sweep(tmp_path), max_concurrent=2)  # as Tune restores it: from the saved state
+    restored = pickle.loads(pickle.dumps(limiter))  # as Tune restores it: unpickled from tuner.pkl, then its state
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert len(restored.searcher.study.get_trials(deepcopy=False)) == 4  # 3 imported + the start point, once
 

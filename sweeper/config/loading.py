@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from sweeper.config import checks, sampling, search_start
+from sweeper.config import checks, sampling, search_start, secret_keys, study_storage
 from sweeper.config.grace import resolve_grace_period
 from sweeper.config.sweep import (Sweep, SweepConfigError, flatten, get_dotted, get_or_none, is_data_key, set_dotted,
                                   suggest)
@@ -407,6 +407,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
         raise SweepConfigError(file, "data.format", f"task {spec.task!r} reads {' or '.join(formats)}, "
                                f"not {spec.data.format!r}")
     dims = checks.check_search(file, spec, task, base, origins)
+    secret_keys.check_secret_keys(file, spec, dims, origins)  # secrets Tune could not be kept from recording
     if spec.ablation is not None:
         checks.check_ablation(file, spec, task, base)
         if "scheduler" not in doc:  # early stopping would bias a controlled comparison
@@ -435,6 +436,10 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None, *,
         update["tracking"] = Tracking(uri=resolve_tracking_uri(spec.tracking.uri, cwd))
     except (ValueError, RuntimeError, OSError) as exc:
         raise SweepConfigError(file, "tracking.uri", f"{short_repr(spec.tracking.uri)} is not usable: {exc}") from None
+    if spec.search_alg.storage is not None and (problem := study_storage.storage_problem(spec.search_alg.storage)):
+        raise SweepConfigError(file, "search_alg.storage", problem)
+    update["search_alg"] = spec.search_alg.model_copy(update={"storage": study_storage.resolve_storage(
+        spec.search_alg.storage, update["tracking"].uri, cwd)})
     if spec.command is not None:
         update["command"] = _resolve_command(file, spec.command, cwd)
     if spec.data is not None:

@@ -20,4 +20,5 @@ SPEC = TaskSpec(
     description="your own training script (Hydra, argparse, Lightning, MMDetection) as a subprocess",
     seed_key="seed",
     open_keys=True,
+    uses_cuda=False,  # the script picks its device from CUDA_VISIBLE_DEVICES itself
 )

@@ -28,4 +28,5 @@ SPEC = TaskSpec(
     description="trains nothing: a known objective of x and y, for load tests and driver benchmarks",
     metrics=("score", "cost", "train/loss"),  # cost = x + y: something for `constraints` to bound
     leaderboard_columns=("train/loss",),
+    uses_cuda=False,  # trains nothing: runs anywhere, reporting the GPUs Ray assigned (scheduling tests)
 )

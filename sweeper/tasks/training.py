@@ -406,6 +406,17 @@ def _signal_name(signum: int) -> str:
         return f"{signum}"
 
 
+def device_settings(device: Any, *, amp: bool, channels_last: bool = True) -> dict[str, bool]:
+    """What a task turns on for where it trains: `amp` (CUDA autocast and a GradScaler, as
+    `train.amp` asks) and `channels_last` (the model's memory format, for a task whose convolutions
+    gain from it), both on CUDA only: CPU autocast is bfloat16, slower than float32 for these
+    models on most CPUs, and channels_last gains nothing there. Returned as the task logs it in
+    `runtime` ({"device": "cuda", "amp": True, "channels_last": True})."""
+    kind = torch.device(device).type
+    cuda = kind == "cuda"
+    return {"device": kind, "amp": cuda and bool(amp), "channels_last": cuda and bool(channels_last)}
+
+
 def loader_settings(workers: int | str | None, *, device: str, cpus: float | None = None) -> dict[str, Any]:
     """DataLoader keyword arguments from `train.workers` and where the trial runs.
 

@@ -43,7 +43,8 @@ from sweeper.tasks.dbnet.postprocess import polygons_from_prob
 from sweeper.tasks.dbnet.spec import SPEC
 from sweeper.tasks.folds import held_out_for
 from sweeper.tasks.init_from import load_init
-from sweeper.tasks.training import Optimization, best_over_grid, loader_settings, run_epoch, seed_everything
+from sweeper.tasks.training import (Optimization, best_over_grid, device_settings, loader_settings, run_epoch,
+                                    seed_everything)
 
 #: the `post` keys an eval grid may sweep (each scored on the same probability maps)
 POST_KEYS = tuple(k.removeprefix("post.") for k in SPEC.eval_grid_keys)
@@ -78,8 +79,9 @@ class DBNetTask:
             raise ValueError("data: the dbnet task needs a text dataset (data.train, data.val, data.images)")
         train = cfg.train
         self.device = torch.device(device)
-        self.use_amp = self.device.type == "cuda" and train.amp
-        self.runtime: dict[str, Any] = {"device": self.device.type, "amp": self.use_amp, "channels_last": False}
+        # the model keeps its default memory format (channels_last was never measured for DBNet)
+        self.runtime: dict[str, Any] = device_settings(self.device, amp=train.amp, channels_last=False)
+        self.use_amp = self.runtime["amp"]
         self.grid = {k: list(v) for k, v in cfg.eval_grid.items()}
         for key in self.grid:
             if key.removeprefix("post.") not in POST_KEYS:

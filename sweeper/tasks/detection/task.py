@@ -45,6 +45,7 @@ from sweeper.config.trial import as_trial_config
 from sweeper.tasks.training import (
     Optimization,
     best_over_grid,
+    device_settings,
     loader_settings,
     run_epoch,
     seed_everything,
@@ -81,8 +82,8 @@ class DetectionTask:
         train = cfg.train
         self.device = torch.device(device)
         self.use_cuda = self.device.type == "cuda"
-        self.use_amp = self.use_cuda and train.amp
-        self.runtime: dict[str, Any] = {"device": self.device.type, "amp": self.use_amp, "channels_last": self.use_cuda}
+        self.runtime: dict[str, Any] = device_settings(self.device, amp=train.amp, channels_last=True)
+        self.use_amp = self.runtime["amp"]
         self.grid = self._parse_grid(cfg.eval_grid)
         seed_everything(train.seed)
 
