@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/sweeper launch sweeps/demo.yaml --fresh
 
+# Two test files at a time (pytest-xdist; a file stays on one worker, so its module fixtures run
+# once): the end-to-end tests mostly wait on Ray, trials and servers, so two overlap well on 2 cores.
 test: install
-	$(BIN)/python -m pytest -q -ra --durations=25
+	$(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
