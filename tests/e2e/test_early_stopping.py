@@ -25,7 +25,6 @@ def test_patience_beside_asha_on_a_built_in_task(tmp_path: Path) -> None:
     import torch
 
     from sweeper.config import load_sweep
-    from sweeper.search import build_searcher
 
     launch_sweep(tmp_path, """
         name: es-noop
@@ -57,9 +56,8 @@ def test_patience_beside_asha_on_a_built_in_task(tmp_path: Path) -> None:
         assert (state["epoch"], state["best_epoch"], state["patience_wait"]) == (1, 1, 0)
 
     sweep = load_sweep(tmp_path / "sweep.yaml", cwd=tmp_path)
-    searcher = build_searcher(sweep, max_concurrent=1)
-    searcher.restore_from_dir(str(exp_dir))  # the study as Tune saved it with the experiment
-    told = {t.user_attrs.get("ray_trial_id", t.number): t for t in searcher.searcher.study.trials}
+    study = optuna.load_study(study_name=sweep.name, storage=sweep.spec.search_alg.storage)  # what Optuna was told
+    told = {t.user_attrs.get("ray_trial_id", t.number): t for t in study.trials}
     states = sorted(t.state for t in told.values())
     assert states.count(optuna.trial.TrialState.PRUNED) == sum(r.data.tags["sweeper.stop_reason"] == "asha"
                                                              for r in runs.values())

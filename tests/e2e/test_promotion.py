@@ -101,14 +101,10 @@ def test_two_workers_promote_and_end_without_hanging(tmp_path: Path) -> None:
     # Optuna was told the truth: the 8 cut trials PRUNED (with their rung values), the best COMPLETE
     import optuna
 
-    from sweeper.config import load_sweep
-    from sweeper.search import build_searcher
-
-    searcher = build_searcher(load_sweep(tmp_path / "sweep.yaml", cwd=tmp_path), max_concurrent=2)
-    searcher.restore_from_dir(str(tmp_path / "runs" / "promote-two"))  # the study as Tune saved it
-    states = [t.state for t in searcher.searcher.study.trials]
+    study = optuna.load_study(study_name="promote-two", storage=f"sqlite:///{tmp_path / 'optuna.db'}")  # the stored study
+    states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == 8 and states.count(optuna.trial.TrialState.COMPLETE) == 1
-    assert all(t.intermediate_values for t in searcher.searcher.study.trials)
+    assert all(t.intermediate_values for t in study.trials)
 
 
 def test_interrupted_and_resumed_keeps_rungs_and_promotions(tmp_path: Path) -> None:
