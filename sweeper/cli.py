@@ -317,8 +317,8 @@ def _run(sweep: Sweep, sweep_file: Path, *, address: str | None, fresh: bool, co
         console.print(f"[yellow]interrupted[/]: to continue: {continue_cmd}", highlight=False)
         raise typer.Exit(130)
     console.print(_ui_hint(outcome.name, sweep.spec.tracking.uri), highlight=False)
-    if _optuna_hint(sweep):
-        console.print(_optuna_hint(sweep), highlight=False)
+    if hint := _optuna_hint(sweep):
+        console.print(hint, highlight=False)
 
 
 def _check_tracking(sweep: Sweep) -> None:

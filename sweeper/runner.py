@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sweeper.config import Sweep
+from sweeper.config import Sweep, redact_uri
 
 STATE_FILE = "sweeper.json"
 TENSORBOARD_ENV = "SWEEPER_TENSORBOARD"  # "1": Tune also writes TensorBoard event files per trial
@@ -99,13 +99,6 @@ def trial_dirname(trial) -> str:  # noqa: ANN001 - ray.tune.experiment.Trial
     return f"trial_{trial.trial_id}"
 
 
-def _shown(uri: str) -> str:
-    """`uri` as messages show it: a `user:password@` in it masked (`sweeper.config.redact_uri`)."""
-    from sweeper.config import redact_uri
-
-    return redact_uri(uri)
-
-
 def _local_dir(path: str) -> Path | None:
     """The directory of a local path or `file://` URI; None for remote storage."""
     if path.startswith("file://"):
@@ -143,7 +136,7 @@ def _read_state(experiment: str | Path) -> dict[str, Any] | None:
     fs, path = _filesystem(str(experiment))
     try:
         with fs.open_input_stream(f"{path}/{STATE_FILE}") as fh:
-            return _parse_state(fh.read(), f"{_shown(str(experiment))}/{STATE_FILE}")
+            return _parse_state(fh.read(), f"{redact_uri(str(experiment))}/{STATE_FILE}")
     except FileNotFoundError:
         return None
 
@@ -266,8 +259,6 @@ def check_writable(sweep: Sweep) -> None:
                 fh.write(b"")
             fs.delete_file(f"{path}/{probe}")
     except Exception as exc:  # noqa: BLE001 - whatever the filesystem raises, the answer is the same
-        from sweeper.config import redact_uri
-
         raise SweepConfigError(sweep.file, "storage", f"the experiment directory {redact_uri(exp_dir)} cannot be written "
                                f"({exc}); choose a writable `storage` (--set storage=DIR) or fix its "
                                "permissions. Nothing was started; earlier launches are unchanged") from None
@@ -383,8 +374,8 @@ def find_experiment(run_dir_or_name: str, storage: str = "runs") -> tuple[str, d
             if state:
                 remote = state.get("experiment", "")
                 return (remote if "://" in remote else str(candidate.resolve())), state
-    raise LookupError(f"no sweep experiment at {_shown(run_dir_or_name)!r} (looked for {STATE_FILE} in "
-                      f"{run_dir_or_name} and {Path(storage) / run_dir_or_name}); pass the directory "
+    raise LookupError(f"no sweep experiment at {redact_uri(run_dir_or_name)!r} (looked for {STATE_FILE} in "
+                      f"{redact_uri(run_dir_or_name)} and {Path(storage) / run_dir_or_name}); pass the directory "
                       "`sweeper launch` printed, e.g. runs/NAME")
 
 
@@ -474,14 +465,14 @@ def _launch(sweep: Sweep, *, address: str | None, fresh: bool, verbose: int,
     if resumed and fresh and local is None:
         from sweeper.config import SweepConfigError
 
-        raise SweepConfigError(sweep.file, "storage", f"--fresh cannot move {_shown(exp_dir)} aside in object "
+        raise SweepConfigError(sweep.file, "storage", f"--fresh cannot move {redact_uri(exp_dir)} aside in object "
                                "storage; delete it there or choose another `name`")
     state = (_read_state(exp_dir) or _read_state(driver_dir(sweep))) if resumed else None
     if resumed:
         if state and state.get("config_hash") != chash:
             from sweeper.config import SweepConfigError
 
-            raise SweepConfigError(sweep.file, None, f"{_shown(exp_dir)} holds a sweep named {sweep.name!r} "
+            raise SweepConfigError(sweep.file, None, f"{redact_uri(exp_dir)} holds a sweep named {sweep.name!r} "
                                    "made from a different configuration; relaunch with --fresh "
                                    "(the old one is kept beside it) or choose another `name`")
         if state:
@@ -489,7 +480,7 @@ def _launch(sweep: Sweep, *, address: str | None, fresh: bool, verbose: int,
         else:
             parent_run_id = store.start_sweep_run(sweep, chash, experiment_id)
             opened["run_id"] = parent_run_id
-        print(f"continuing sweep {sweep.name!r} from {_shown(exp_dir)}")
+        print(f"continuing sweep {sweep.name!r} from {redact_uri(exp_dir)}")
         if spec.search_alg.storage not in (None, "memory"):  # the pickled searcher's storage URL is masked
             from sweeper import study
 
@@ -533,8 +524,6 @@ def _launch(sweep: Sweep, *, address: str | None, fresh: bool, verbose: int,
             print(f"warm start: {imported.summary()}")
         aside = getattr(getattr(searcher, "searcher", None), "study_set_aside", None)
         if aside:  # a study of this name outlived its experiment (deleted, or moved aside by --fresh)
-            from sweeper.config import redact_uri
-
             print(f"the earlier Optuna study {sweep.name!r} is kept as {aside!r} in "
                   f"{redact_uri(spec.search_alg.storage or '')}; this launch starts a new one")
         tuner = tune.Tuner(
@@ -589,7 +578,7 @@ def _launch(sweep: Sweep, *, address: str | None, fresh: bool, verbose: int,
         failed_writes = tracking.flush_all()  # MLflow is written on a background thread: let it finish
         if failed_writes:
             print(f"warning: {len(failed_writes)} MLflow writes failed (the first ones are printed above); "
-                  f"the trials' results are also in {_shown(exp_dir)} (result.json per trial)")
+                  f"the trials' results are also in {redact_uri(exp_dir)} (result.json per trial)")
         if started_ray:  # a local Ray stops here, not at interpreter exit (~1 s faster)
             import ray
 
